@@ -1,0 +1,151 @@
+"""Stage 1: the audio-conditioned motion DiT.
+
+Run (paper-scale model on your dataset):
+  python launch.py --config=configs/stage1.py --workdir=/tmp/stage1 --config.data.data_dir=DATA_DIR
+Demo (built-in synthetic dataset, a few minutes on a CPU, no downloads):
+  python launch.py --config=configs/stage1.py:demo --workdir=/tmp/stage1_demo
+Tests use `configs/stage1.py:tiny`.
+
+Any value can be overridden on the command line, e.g. `--config.train.num_steps=2000`.
+"""
+
+import ml_collections
+
+# Motion vector per frame: expression (21 x 3) then pitch, yaw, roll (degrees), tx, ty, scale.
+EXP_DIM = 63
+POSE_DIM = 6
+MOTION_DIM = EXP_DIM + POSE_DIM
+# Identity condition: the source frame's normalized motion vector, then its canonical keypoints (21 x 3).
+IDENTITY_DIM = MOTION_DIM + 63
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  if variant not in ("default", "demo", "tiny"):
+    raise ValueError(f"Unknown variant {variant!r} of configs/stage1.py; use one of: default, demo, tiny.")
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  c.stage = 1
+  c.seed = 0
+
+  # Data: a `playmate_clips` TFDS dataset (ArrayRecord) in data_dir, or the built-in demo dataset.
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "playmate_clips"      # "playmate_clips" (preprocessed videos) or "demo" (built-in synthetic)
+  c.data.data_dir = ""                # where the TFDS dataset lives; for "demo", "" means ~/.cache/playmate_jax
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.window = 80                  # L: frames generated per window (25 fps)
+  c.data.prev_frames = 10             # K: previous frames of motion conditioning each window
+  c.data.audio_context = 2            # audio frames of context on each side of the window
+  c.data.batch_size = 256             # global batch, over all processes and devices
+  c.data.worker_count = 4             # Grain worker processes per host (0: in the main process)
+  c.data.worker_buffer_size = 2
+  c.data.shuffle_seed = 0
+
+  # Audio features: the encoder that produced the dataset's `audio/features`.
+  c.audio = ml_collections.ConfigDict()
+  c.audio.encoder = "mel"             # log-mel front end (librosa)
+  c.audio.sample_rate = 16000
+  c.audio.fps = 25
+  c.audio.n_mels = 80
+  c.audio.n_fft = 1024
+  c.audio.fmin = 55.0
+  c.audio.fmax = 7600.0
+
+  # Motion DiT (Conformer trunk, adaLN timestep conditioning, Pose-MLP and Exp-MLP heads).
+  c.model = ml_collections.ConfigDict()
+  c.model.dim = 512
+  c.model.depth = 12
+  c.model.num_heads = 8
+  c.model.mlp_ratio = 4.0
+  c.model.conv_kernel = 7             # depthwise temporal convolution of each Conformer block
+  c.model.head_hidden = 512           # width of the Pose-MLP and Exp-MLP
+  c.model.dropout = 0.1
+  c.model.audio_drop_prob = 0.1       # audio condition replaced by a learned null during training (for CFG)
+  c.model.prev_noise_std = 0.05       # noise added to the previous-motion condition during training
+  c.model.dtype = "bfloat16"          # compute dtype; parameters stay float32
+
+  # Diffusion: DDPM training (noise prediction), DDIM sampling with classifier-free guidance.
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.schedule = "cosine"     # "cosine" or "linear"
+  c.diffusion.beta_start = 1e-4       # linear schedule only
+  c.diffusion.beta_end = 0.02         # linear schedule only
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.ddim_steps = 25
+  c.sample.eta = 0.0
+  c.sample.w_audio = 1.5              # audio guidance weight w_a
+
+  # Optimizer: AdamW, linear warm-up then cosine decay, global-norm clipping, EMA of the weights.
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-4
+  c.optim.end_lr_factor = 0.1
+  c.optim.warmup_steps = 2000
+  c.optim.weight_decay = 0.01
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.clip_norm = 1.0
+  c.optim.ema_decay = 0.999
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 200_000
+  c.train.log_every = 100
+  c.train.ckpt_every = 5000
+  c.train.keep_checkpoints = 3
+  c.train.eval_every = 10_000
+  c.train.progress_bar = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_clips = 16               # held-out clips sampled at each evaluation
+  c.eval.max_frames = 500             # frames sampled per clip (from its start)
+  c.eval.plot = True
+
+  if variant == "demo":
+    c.data.name = "demo"
+    c.data.window = 50
+    c.data.prev_frames = 10
+    c.data.batch_size = 32
+    c.data.worker_count = 0
+    c.model.dim = 128
+    c.model.depth = 4
+    c.model.num_heads = 4
+    c.model.head_hidden = 128
+    c.model.dropout = 0.0
+    c.model.dtype = "float32"
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 100
+    c.optim.ema_decay = 0.99
+    c.train.num_steps = 3000
+    c.train.log_every = 50
+    c.train.ckpt_every = 500
+    c.train.eval_every = 1000
+    c.eval.num_clips = 8
+    c.eval.max_frames = 250
+  elif variant == "tiny":
+    c.data.name = "demo"
+    c.data.window = 16
+    c.data.prev_frames = 4
+    c.data.batch_size = 8
+    c.data.worker_count = 0
+    c.model.dim = 32
+    c.model.depth = 2
+    c.model.num_heads = 2
+    c.model.head_hidden = 32
+    c.model.conv_kernel = 3
+    c.model.dropout = 0.0
+    c.model.dtype = "float32"
+    c.diffusion.num_timesteps = 100
+    c.sample.ddim_steps = 5
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 5
+    c.optim.ema_decay = 0.9
+    c.train.num_steps = 20
+    c.train.log_every = 5
+    c.train.ckpt_every = 10
+    c.train.eval_every = 20
+    c.train.progress_bar = False
+    c.eval.num_clips = 2
+    c.eval.max_frames = 60
+  c.lock()
+  return c

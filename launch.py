@@ -1,0 +1,58 @@
+"""Training entry point.
+
+  python launch.py --config=configs/stage1.py[:demo|:tiny] --workdir=DIR [--config.KEY=VALUE ...]
+
+Rerunning the same command resumes from the newest checkpoint in DIR/checkpoints.
+Several processes (one per host, or per GPU): give each the same --coordinator_address and --num_processes and its
+own --process_id, or pass --distributed under a cluster manager JAX detects by itself (Slurm, Open MPI, Kubernetes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from playmate_jax.errors import UserError
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="configs/NAME.py or configs/NAME.py:variant")
+  parser.add_argument("--workdir", required=True, help="checkpoints, metrics and plots go here; reruns resume")
+  parser.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() from the cluster env")
+  parser.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process runs)")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  parser.add_argument("--log_level", default="INFO")
+  args, rest = parser.parse_known_args(argv)
+  overrides = {}
+  for item in rest:
+    key, eq, value = item.partition("=")
+    if not key.startswith("--config.") or not eq:
+      parser.error(f"unrecognized argument {item!r}; overrides look like --config.train.num_steps=1000")
+    overrides[key[len("--config."):]] = value
+  return args, overrides
+
+
+def main(argv: list[str]) -> int:
+  args, overrides = parse_args(argv)
+  logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src", "orbax", "grain"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    import jax
+    if args.coordinator_address or args.distributed:
+      jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    from playmate_jax import configlib
+    from playmate_jax.train.trainer import Trainer
+    config = configlib.apply_overrides(configlib.load_config(args.config), overrides)
+    Trainer(config, args.workdir).run()
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,52 @@
+"""Log-mel audio features, one row per 25 fps video frame."""
+
+import librosa
+import ml_collections
+import numpy as np
+
+from playmate_jax.audio.io import num_frames
+from playmate_jax.errors import UserError
+
+LOG_OFFSET = 1e-5  # features are ln(mel power + 1e-5): digital silence gives ln(1e-5) = -11.51
+
+
+class LogMelEncoder:
+  """Natural log of the mel power spectrogram (librosa: Hann window, Slaney mel filters), not normalized.
+
+  Hop = sample_rate / fps samples (640 at 16 kHz, 25 fps); row i is the n_fft-sample window centred on the
+  middle of video frame i, i.e. of samples [i * hop, (i + 1) * hop), with zeros outside the waveform.
+  """
+
+  def __init__(self, audio_config: ml_collections.ConfigDict):
+    c = audio_config
+    self.sample_rate, self.fps = int(c.sample_rate), int(c.fps)
+    self.n_fft, self.n_mels = int(c.n_fft), int(c.n_mels)
+    if self.sample_rate % self.fps:
+      raise UserError(f"config.audio.sample_rate ({self.sample_rate}) must be a multiple of config.audio.fps "
+                      f"({self.fps}) so that each video frame spans a whole number of samples.")
+    self.hop = self.sample_rate // self.fps
+    if self.n_fft < self.hop:
+      raise UserError(f"config.audio.n_fft ({self.n_fft}) must be at least sample_rate / fps ({self.hop}) so "
+                      "that every sample of every frame is analysed.")
+    if not 0 <= c.fmin < c.fmax <= self.sample_rate / 2:
+      raise UserError(f"config.audio.fmin ({c.fmin}) and fmax ({c.fmax}) must satisfy 0 <= fmin < fmax <= "
+                      f"sample_rate / 2 ({self.sample_rate / 2:g}).")
+    self.fmin, self.fmax = float(c.fmin), float(c.fmax)
+    self._filters = librosa.filters.mel(sr=self.sample_rate, n_fft=self.n_fft, n_mels=self.n_mels,
+                                        fmin=self.fmin, fmax=self.fmax)
+    self.name = (f"logmel{self.n_mels}-sr{self.sample_rate}-hop{self.hop}-n{self.n_fft}"
+                 f"-f{self.fmin:g}-{self.fmax:g}")
+    self.feature_dim = self.n_mels
+
+  def encode(self, waveform: np.ndarray) -> np.ndarray:
+    """float32 [num_frames(len(waveform)), n_mels] from a mono float32 waveform at sample_rate."""
+    wave = np.asarray(waveform, np.float32).reshape(-1)
+    frames = num_frames(len(wave), self.sample_rate, self.fps)
+    if frames == 0:
+      return np.zeros((0, self.n_mels), np.float32)
+    left = self.n_fft // 2 - self.hop // 2  # puts window centres at i * hop + hop / 2
+    right = (frames - 1) * self.hop + self.n_fft - left - len(wave)
+    wave = np.pad(wave, (left, right))
+    spec = librosa.stft(wave, n_fft=self.n_fft, hop_length=self.hop, center=False)
+    mel = self._filters @ (np.abs(spec) ** 2)
+    return np.log(mel + LOG_OFFSET).T[:frames].astype(np.float32)

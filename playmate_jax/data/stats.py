@@ -1,0 +1,137 @@
+"""Normalization statistics of a dataset, computed while it is written and stored beside it (stats.json).
+
+Expression: global mean/std over all frames (63). Pose (pitch, yaw, roll, tx, ty, scale): mean/std per
+speaker, Playmate's adaptive per-identity normalization; an unseen speaker gets the median over speakers
+of the means and of the standard deviations. Audio features: global per-dimension mean/std.
+Standard deviations are stored floored at `playmate_jax.motion.STD_FLOOR`.
+"""
+
+from collections.abc import Mapping
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from playmate_jax.errors import UserError
+from playmate_jax.motion import EXP_DIM, MOTION_DIM, STD_FLOOR, MotionStats
+
+STATS_FILE = "stats.json"
+
+
+def motion_vector(motion: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Numpy `pack_motion` for the input pipeline: [T, 69] float32 from the dataset's motion fields."""
+  exp = np.asarray(motion["exp"], np.float32)
+  t = np.asarray(motion["t"], np.float32)
+  pose = [np.asarray(motion[k], np.float32) for k in ("pitch", "yaw", "roll")] + [t[..., 0], t[..., 1]]
+  pose = np.stack(pose + [np.asarray(motion["scale"], np.float32)], axis=-1)
+  return np.concatenate([exp.reshape(exp.shape[:-2] + (EXP_DIM,)), pose], axis=-1)
+
+
+class _Moments:
+  """Count, mean and sum of squared deviations per dimension, merged batch by batch (Chan et al.)."""
+
+  def __init__(self):
+    self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+  def add(self, x: np.ndarray) -> None:
+    x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+    n, mean = len(x), x.mean(axis=0)
+    m2 = ((x - mean) ** 2).sum(axis=0)
+    total = self.n + n
+    delta = mean - self.mean
+    self.mean = self.mean + delta * n / total
+    self.m2 = self.m2 + m2 + delta ** 2 * self.n * n / total
+    self.n = total
+
+  def std(self) -> np.ndarray:
+    return np.maximum(np.sqrt(self.m2 / self.n), STD_FLOOR)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetStats:
+  """Statistics of one dataset (float32 numpy arrays); see the module docstring."""
+  exp_mean: np.ndarray                 # [63]
+  exp_std: np.ndarray                  # [63]
+  pose_mean: dict[str, np.ndarray]     # speaker_id -> [6]
+  pose_std: dict[str, np.ndarray]      # speaker_id -> [6]
+  default_pose_mean: np.ndarray        # [6] median over speakers, for unseen identities
+  default_pose_std: np.ndarray         # [6]
+  audio_mean: np.ndarray               # [D]
+  audio_std: np.ndarray                # [D]
+  num_frames: int
+
+  def pose(self, speaker_id: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) [6] of the speaker's pose, or the defaults for an unseen (or None) speaker."""
+    if speaker_id in self.pose_mean:
+      return self.pose_mean[speaker_id], self.pose_std[speaker_id]
+    return self.default_pose_mean, self.default_pose_std
+
+  def motion_stats(self, speaker_id: str | None = None) -> MotionStats:
+    """MotionStats for normalize_motion / denormalize_motion of this speaker's motion."""
+    mean, std = self.pose(speaker_id)
+    return MotionStats(exp_mean=self.exp_mean, exp_std=self.exp_std, pose_mean=mean, pose_std=std)
+
+  def normalize_motion(self, v: np.ndarray, speaker_id: str | None) -> np.ndarray:
+    """Numpy `normalize_motion` of motion vectors [..., 69] with this speaker's statistics."""
+    mean, std = self.pose(speaker_id)
+    mean = np.concatenate([self.exp_mean, mean])
+    std = np.maximum(np.concatenate([self.exp_std, std]), STD_FLOOR)
+    return ((np.asarray(v, np.float32) - mean) / std).astype(np.float32)
+
+  def normalize_audio(self, features: np.ndarray) -> np.ndarray:
+    """(features - mean) / std per dimension, float32."""
+    return ((np.asarray(features, np.float32) - self.audio_mean) / self.audio_std).astype(np.float32)
+
+
+class StatsAccumulator:
+  """Streams clips in; `finalize` returns their DatasetStats."""
+
+  def __init__(self):
+    self._exp, self._audio, self._pose = _Moments(), _Moments(), {}
+
+  def add(self, speaker_id: str, motion: Mapping[str, np.ndarray], features: np.ndarray) -> None:
+    v = motion_vector(motion)
+    self._exp.add(v[:, :EXP_DIM])
+    self._pose.setdefault(speaker_id, _Moments()).add(v[:, EXP_DIM:])
+    self._audio.add(np.asarray(features, np.float32))
+
+  def finalize(self) -> DatasetStats:
+    if not self._exp.n:
+      raise ValueError("No frames were given to compute normalization statistics from.")
+    f32 = lambda x: np.asarray(x, np.float32)
+    means = {s: f32(m.mean) for s, m in self._pose.items()}
+    stds = {s: f32(m.std()) for s, m in self._pose.items()}
+    return DatasetStats(
+        exp_mean=f32(self._exp.mean), exp_std=f32(self._exp.std()), pose_mean=means, pose_std=stds,
+        default_pose_mean=f32(np.median(np.stack(list(means.values())), axis=0)),
+        default_pose_std=f32(np.median(np.stack(list(stds.values())), axis=0)),
+        audio_mean=f32(self._audio.mean), audio_std=f32(self._audio.std()), num_frames=int(self._exp.n))
+
+
+def save_stats(stats: DatasetStats, path: str | os.PathLike) -> None:
+  """Writes the statistics as JSON."""
+  lists = lambda d: {k: np.asarray(v).tolist() for k, v in d.items()}
+  record = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
+  record = {k: lists(v) if isinstance(v, dict) else (v if isinstance(v, int) else np.asarray(v).tolist())
+            for k, v in record.items()}
+  record["motion_dim"] = MOTION_DIM
+  with open(path, "w") as f:
+    json.dump(record, f)
+
+
+def load_stats(path: str | os.PathLike) -> DatasetStats:
+  """Reads statistics written by `save_stats`; UserError if the file is missing."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise UserError(f"Normalization statistics {path} are missing; rewrite the dataset with the "
+                    "preprocessing pipeline (it writes them beside the shards).")
+  with open(path) as f:
+    r = json.load(f)
+  arr = lambda x: np.asarray(x, np.float32)
+  return DatasetStats(
+      exp_mean=arr(r["exp_mean"]), exp_std=arr(r["exp_std"]),
+      pose_mean={k: arr(v) for k, v in r["pose_mean"].items()},
+      pose_std={k: arr(v) for k, v in r["pose_std"].items()},
+      default_pose_mean=arr(r["default_pose_mean"]), default_pose_std=arr(r["default_pose_std"]),
+      audio_mean=arr(r["audio_mean"]), audio_std=arr(r["audio_std"]), num_frames=int(r["num_frames"]))

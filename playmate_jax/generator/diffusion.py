@@ -1,0 +1,79 @@
+"""DDPM noise schedule and the stage-1 training loss (noise prediction MSE)."""
+
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from playmate_jax.errors import UserError
+from playmate_jax.generator.dit import EXP_DIM
+
+
+def _cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+  """Nichol & Dhariwal (2021): alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2)."""
+  f = np.cos((np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+  return np.minimum(1.0 - f[1:] / f[:-1], max_beta)
+
+
+@flax.struct.dataclass
+class Diffusion:
+  """Schedule arrays (float32, [num_timesteps]); index t = 0 is the least noisy step."""
+  betas: jax.Array
+  alphas_cumprod: jax.Array
+  sqrt_alphas_cumprod: jax.Array
+  sqrt_one_minus_alphas_cumprod: jax.Array
+
+  @property
+  def num_timesteps(self) -> int:
+    return self.betas.shape[0]
+
+  @classmethod
+  def from_config(cls, diffusion_cfg: Any) -> "Diffusion":
+    n = diffusion_cfg.num_timesteps
+    if n < 1:
+      raise UserError(f"config.diffusion.num_timesteps={n} must be at least 1.")
+    if diffusion_cfg.schedule == "cosine":
+      betas = _cosine_betas(n)
+    elif diffusion_cfg.schedule == "linear":
+      if not 0.0 < diffusion_cfg.beta_start <= diffusion_cfg.beta_end < 1.0:
+        raise UserError("config.diffusion.beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1.")
+      betas = np.linspace(diffusion_cfg.beta_start, diffusion_cfg.beta_end, n, dtype=np.float64)
+    else:
+      raise UserError(f"config.diffusion.schedule={diffusion_cfg.schedule!r} is unknown; use 'cosine' or 'linear'.")
+    ab = np.cumprod(1.0 - betas)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    return cls(betas=f32(betas), alphas_cumprod=f32(ab), sqrt_alphas_cumprod=f32(np.sqrt(ab)),
+               sqrt_one_minus_alphas_cumprod=f32(np.sqrt(1.0 - ab)))
+
+  def q_sample(self, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise; t [B] int, x0 [B, ...]."""
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    return (self.sqrt_alphas_cumprod[t].reshape(shape) * x0
+            + self.sqrt_one_minus_alphas_cumprod[t].reshape(shape) * noise)
+
+
+def training_loss(model: Any, batch: dict, key: jax.Array, diffusion: Diffusion,
+                  model_cfg: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Noise-prediction MSE over frames and the 69 dims; also the expression and pose parts separately.
+
+  batch: 'motion' [B,L,69], 'prev_motion' [B,K,69], 'audio' [B,L+2c,D], 'identity' [B,132] (extra keys ignored).
+  Pure over (model, batch, key): audio is dropped per sample with model_cfg.audio_drop_prob and the previous
+  motion is noised with model_cfg.prev_noise_std.
+  """
+  x0 = batch["motion"].astype(jnp.float32)
+  b = x0.shape[0]
+  k_t, k_noise, k_drop, k_prev, k_dropout = jax.random.split(key, 5)
+  t = jax.random.randint(k_t, (b,), 0, diffusion.num_timesteps)
+  noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
+  audio_keep = jax.random.uniform(k_drop, (b,)) >= model_cfg.audio_drop_prob
+  prev = batch["prev_motion"].astype(jnp.float32)
+  prev = prev + model_cfg.prev_noise_std * jax.random.normal(k_prev, prev.shape, jnp.float32)
+  eps = model(diffusion.q_sample(x0, t, noise), t, batch["audio"], audio_keep, prev, batch["identity"],
+              dropout_key=k_dropout if model_cfg.dropout > 0 else None)
+  err = jnp.square(eps - noise)
+  loss_exp = err[..., :EXP_DIM].mean()
+  loss_pose = err[..., EXP_DIM:].mean()
+  return err.mean(), {"loss_exp": loss_exp, "loss_pose": loss_pose}

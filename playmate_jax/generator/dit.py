@@ -1,0 +1,222 @@
+"""The motion DiT: Conformer trunk with adaLN-Zero conditioning, Pose-MLP and Exp-MLP heads.
+
+Tokens: K previous-motion frames, then L current frames (noisy motion + audio embedding), with sinusoidal
+positions and a learned segment embedding. The conditioning vector (timestep + identity) modulates every block
+and the final norm with adaLN-Zero. Computation runs in `model_cfg.dtype`; parameters, the residual stream,
+norms, the attention softmax and the output are float32.
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from playmate_jax.errors import UserError
+
+EXP_DIM = 63
+POSE_DIM = 6
+MOTION_DIM = EXP_DIM + POSE_DIM      # [exp (21x3), pitch, yaw, roll, tx, ty, scale]
+IDENTITY_DIM = MOTION_DIM + 63       # normalized source motion + canonical keypoints (21x3)
+TIME_FREQ_DIM = 256                  # width of the sinusoidal timestep features
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_zeros = nnx.initializers.zeros
+
+
+def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """[N] positions or timesteps -> [N, dim] float32 features (cos half, then sin half)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half, 1))
+  args = x.astype(jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  return jnp.pad(emb, ((0, 0), (0, dim - 2 * half)))
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Parameter-free LayerNorm over the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.square(x - mean).mean(-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """adaLN: x [B, N, D] with per-sample shift/scale [B, D]."""
+  return x * (1.0 + scale[:, None]) + shift[:, None]
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; identity when key is None or rate is 0."""
+  if key is None or rate <= 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def compute_dtype(model_cfg: Any) -> Any:
+  if model_cfg.dtype not in _DTYPES:
+    raise UserError(f"config.model.dtype={model_cfg.dtype!r} is not supported; use one of {sorted(_DTYPES)}.")
+  return _DTYPES[model_cfg.dtype]
+
+
+class SelfAttention(nnx.Module):
+  """Multi-head self-attention over all tokens; softmax in float32."""
+
+  def __init__(self, dim: int, num_heads: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
+    self.out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    q, k, v = jnp.moveaxis(self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads), 2, 0)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits / math.sqrt(d // self.num_heads), axis=-1).astype(v.dtype)
+    return self.out(jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d))
+
+
+class ConvModule(nnx.Module):
+  """Conformer convolution module: pointwise + GLU, depthwise temporal conv, LayerNorm, swish, pointwise."""
+
+  def __init__(self, dim: int, kernel: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.pw_in = nnx.Linear(dim, 2 * dim, dtype=dtype, rngs=rngs)
+    self.depthwise = nnx.Conv(dim, dim, (kernel,), padding="SAME", feature_group_count=dim, dtype=dtype,
+                              rngs=rngs)
+    self.norm = nnx.LayerNorm(dim, dtype=jnp.float32, rngs=rngs)
+    self.pw_out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jax.nn.glu(self.pw_in(x), axis=-1)
+    x = self.norm(self.depthwise(x).astype(jnp.float32))
+    return self.pw_out(jax.nn.silu(x).astype(self.dtype))
+
+
+class FeedForward(nnx.Module):
+
+  def __init__(self, dim: int, hidden: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x)))
+
+
+class ConformerBlock(nnx.Module):
+  """[adaLN] attention -> [adaLN] conv module -> [adaLN] feed-forward, each gated (adaLN-Zero)."""
+
+  def __init__(self, dim: int, num_heads: int, mlp_ratio: float, conv_kernel: int, dropout_rate: float, *,
+               dtype: Any, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.dropout_rate = dropout_rate
+    # shift, scale, gate for each of the 3 sub-layers; zero-init so the block starts as the identity.
+    self.ada = nnx.Linear(dim, 9 * dim, kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
+    self.attn = SelfAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+    self.conv = ConvModule(dim, conv_kernel, dtype=dtype, rngs=rngs)
+    self.ffn = FeedForward(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, c: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    """x: float32 residual stream [B, N, D]; c: silu(conditioning) [B, D] float32."""
+    mods = jnp.split(self.ada(c), 9, axis=-1)
+    keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
+    for i, layer in enumerate((self.attn, self.conv, self.ffn)):
+      shift, scale, gate = mods[3 * i:3 * i + 3]
+      h = layer(modulate(layer_norm(x), shift, scale).astype(self.dtype))
+      h = dropout(h, self.dropout_rate, keys[i])
+      x = x + gate[:, None] * h.astype(jnp.float32)
+    return x
+
+
+class MLPHead(nnx.Module):
+  """Linear -> SiLU -> Linear; the output layer is zero-initialized (as DiT's final layer)."""
+
+  def __init__(self, dim: int, hidden: int, out: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, out, dtype=dtype, kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.silu(self.fc1(x)))
+
+
+class MotionDiT(nnx.Module):
+  """Predicts the diffusion noise of L motion frames from audio, K previous frames and the identity."""
+
+  def __init__(self, model_cfg: Any, *, audio_dim: int, audio_context: int, rngs: nnx.Rngs):
+    dim = model_cfg.dim
+    if dim % model_cfg.num_heads:
+      raise UserError(f"config.model.dim={dim} is not divisible by config.model.num_heads={model_cfg.num_heads}; "
+                      "choose a num_heads that divides dim.")
+    if model_cfg.conv_kernel < 1 or audio_context < 0:
+      raise UserError("config.model.conv_kernel must be >= 1 and config.data.audio_context >= 0; fix the config.")
+    dtype = compute_dtype(model_cfg)
+    self.dim = dim
+    self.dtype = dtype
+    self.audio_dim = audio_dim
+    self.audio_context = audio_context
+    # Token embeddings.
+    self.motion_in = nnx.Linear(MOTION_DIM, dim, dtype=dtype, rngs=rngs)
+    self.prev_in = nnx.Linear(MOTION_DIM, dim, dtype=dtype, rngs=rngs)
+    self.audio_conv = nnx.Conv(audio_dim, dim, (2 * audio_context + 1,), padding="VALID", dtype=dtype, rngs=rngs)
+    self.audio_proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    normal = nnx.initializers.normal(0.02)
+    self.audio_null = nnx.Param(normal(rngs.params(), (dim,), jnp.float32))
+    self.segment = nnx.Param(normal(rngs.params(), (2, dim), jnp.float32))   # 0: previous, 1: current
+    # Conditioning (float32: it is [B, dim], cheap).
+    self.time_fc1 = nnx.Linear(TIME_FREQ_DIM, dim, rngs=rngs)
+    self.time_fc2 = nnx.Linear(dim, dim, rngs=rngs)
+    self.identity_in = nnx.Linear(IDENTITY_DIM, dim, rngs=rngs)
+    self.blocks = nnx.List([
+        ConformerBlock(dim, model_cfg.num_heads, model_cfg.mlp_ratio, model_cfg.conv_kernel, model_cfg.dropout,
+                       dtype=dtype, rngs=rngs) for _ in range(model_cfg.depth)])
+    self.final_ada = nnx.Linear(dim, 2 * dim, kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
+    self.pose_head = MLPHead(dim, model_cfg.head_hidden, POSE_DIM, dtype=dtype, rngs=rngs)
+    self.exp_head = MLPHead(dim, model_cfg.head_hidden, EXP_DIM, dtype=dtype, rngs=rngs)
+
+  def condition(self, t: jax.Array, identity: jax.Array) -> jax.Array:
+    """Conditioning vector [B, dim] float32 = MLP(timestep features) + Linear(identity)."""
+    temb = self.time_fc2(jax.nn.silu(self.time_fc1(sinusoidal_embedding(t, TIME_FREQ_DIM))))
+    return temb + self.identity_in(identity.astype(jnp.float32))
+
+  def embed_audio(self, audio: jax.Array, audio_keep: jax.Array) -> jax.Array:
+    """[B, L+2c, D] -> [B, L, dim]; samples with audio_keep False get the learned null embedding."""
+    a = self.audio_proj(jax.nn.silu(self.audio_conv(audio.astype(self.dtype))))
+    return jnp.where(audio_keep[:, None, None], a, self.audio_null[...].astype(a.dtype))
+
+  def trunk(self, x_t: jax.Array, t: jax.Array, audio: jax.Array, audio_keep: jax.Array, prev: jax.Array,
+            identity: jax.Array, *, dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Features of the L current tokens [B, L, dim] (after the modulated final norm) and the conditioning."""
+    k, l = prev.shape[1], x_t.shape[1]
+    if audio.shape[1] != l + 2 * self.audio_context:
+      raise ValueError(f"audio has {audio.shape[1]} frames; expected L + 2c = {l + 2 * self.audio_context}.")
+    seg = self.segment[...]
+    cur = self.motion_in(x_t.astype(self.dtype)) + self.embed_audio(audio, audio_keep)
+    x = jnp.concatenate([self.prev_in(prev.astype(self.dtype)).astype(jnp.float32) + seg[0],
+                         cur.astype(jnp.float32) + seg[1]], axis=1)
+    x = x + sinusoidal_embedding(jnp.arange(k + l), self.dim)[None]
+    cond = self.condition(t, identity)
+    c = jax.nn.silu(cond)
+    for i, block in enumerate(self.blocks):
+      x = block(x, c, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
+    shift, scale = jnp.split(self.final_ada(c), 2, axis=-1)
+    return modulate(layer_norm(x[:, k:]), shift, scale), cond
+
+  def heads(self, h_pose: jax.Array, h_exp: jax.Array) -> jax.Array:
+    """Pose-MLP(h_pose) and Exp-MLP(h_exp) -> [B, L, 69] float32 in motion order [exp, pose]."""
+    exp = self.exp_head(h_exp.astype(self.dtype))
+    pose = self.pose_head(h_pose.astype(self.dtype))
+    return jnp.concatenate([exp, pose], axis=-1).astype(jnp.float32)
+
+  def __call__(self, x_t: jax.Array, t: jax.Array, audio: jax.Array, audio_keep: jax.Array, prev: jax.Array,
+               identity: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
+    """Noise prediction eps [B, L, 69] float32."""
+    h, _ = self.trunk(x_t, t, audio, audio_keep, prev, identity, dropout_key=dropout_key)
+    return self.heads(h, h)
+
+
+def count_params(tree: Any) -> int:
+  """Number of parameters of a module or a state/pytree of arrays."""
+  if isinstance(tree, nnx.Module):
+    tree = nnx.state(tree, nnx.Param)
+  return int(sum(x.size for x in jax.tree.leaves(tree)))

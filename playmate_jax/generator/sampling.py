@@ -1,0 +1,145 @@
+"""DDIM sampling with classifier-free guidance on audio, and window-by-window sampling of long audio."""
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from playmate_jax.errors import UserError
+from playmate_jax.generator.diffusion import Diffusion
+from playmate_jax.generator.dit import MOTION_DIM
+
+EpsFn = Callable[[jax.Array, jax.Array], jax.Array]   # (x_t [B,...], t [B] int32) -> eps
+
+
+def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
+  """`steps` evenly spaced timesteps, descending from num_timesteps - 1 to 0 (int32)."""
+  if not 1 <= steps <= num_timesteps:
+    raise UserError(f"config.sample.ddim_steps={steps} must be between 1 and "
+                    f"config.diffusion.num_timesteps={num_timesteps}.")
+  return np.round(np.linspace(num_timesteps - 1, 0, steps)).astype(np.int32)
+
+
+def ddim_sample(eps_fn: EpsFn, diffusion: Diffusion, x_T: jax.Array, key: jax.Array, timesteps: np.ndarray,
+                eta: float) -> jax.Array:
+  """DDIM (Song et al. 2021) from x_T through `timesteps` (descending) to the predicted x0; eta=0 deterministic.
+
+  The last step goes to alpha_bar = 1, so it returns the model's x0 estimate there (no clipping).
+  """
+  ts = jnp.asarray(timesteps, jnp.int32)
+  ts_next = jnp.concatenate([ts[1:], jnp.array([-1], jnp.int32)])
+  ab = diffusion.alphas_cumprod
+  batch = x_T.shape[0]
+
+  def step(i, x):
+    a_t = ab[ts[i]]
+    a_next = jnp.where(ts_next[i] >= 0, ab[jnp.maximum(ts_next[i], 0)], 1.0)
+    eps = eps_fn(x, jnp.full((batch,), ts[i], jnp.int32)).astype(jnp.float32)
+    x0 = (x - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
+    sigma = eta * jnp.sqrt((1.0 - a_next) / (1.0 - a_t) * (1.0 - a_t / a_next))
+    noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
+    direction = jnp.sqrt(jnp.maximum(1.0 - a_next - sigma ** 2, 0.0)) * eps
+    return jnp.sqrt(a_next) * x0 + direction + sigma * noise
+
+  return jax.lax.fori_loop(0, len(timesteps), step, x_T.astype(jnp.float32))
+
+
+def guided_eps(model: Any, x: jax.Array, t: jax.Array, audio: jax.Array, prev: jax.Array, identity: jax.Array,
+               w_audio: jax.Array) -> jax.Array:
+  """eps(0) + w_audio (eps(a) - eps(0)), both terms from one model call on the doubled batch."""
+  b = x.shape[0]
+  two = lambda a: jnp.concatenate([a, a], axis=0)
+  keep = jnp.concatenate([jnp.ones((b,), bool), jnp.zeros((b,), bool)])
+  eps = model(two(x), two(t), two(audio), keep, two(prev), two(identity))
+  cond, uncond = eps[:b], eps[b:]
+  return uncond + w_audio * (cond - uncond)
+
+
+def sample_window(model: Any, diffusion: Diffusion, audio: jax.Array, prev: jax.Array, identity: jax.Array,
+                  key: jax.Array, w_audio: jax.Array | None, timesteps: np.ndarray, eta: float) -> jax.Array:
+  """x0 [B, L, 69] for one window by DDIM; w_audio None samples the conditional model alone (no CFG)."""
+  b, l = audio.shape[0], audio.shape[1] - 2 * model.audio_context
+  k_init, k_steps = jax.random.split(key)
+  x_T = jax.random.normal(k_init, (b, l, MOTION_DIM), jnp.float32)
+  if w_audio is None:
+    keep = jnp.ones((b,), bool)
+    eps_fn = lambda x, t: model(x, t, audio, keep, prev, identity)
+  else:
+    eps_fn = lambda x, t: guided_eps(model, x, t, audio, prev, identity, w_audio)
+  return ddim_sample(eps_fn, diffusion, x_T, k_steps, timesteps, eta)
+
+
+class WindowSampler:
+  """One window of motion by DDIM + audio CFG, jitted once for fixed shapes; params are an argument.
+
+  __call__(params, audio [B,L+2c,D], prev [B,K,69], identity [B,132], key, w_audio) -> x0 [B,L,69] float32.
+  `num_traces` counts the traces (compilations) of the jitted function.
+  """
+
+  def __init__(self, graphdef: Any, diffusion: Diffusion, config: Any):
+    self.graphdef = graphdef
+    self.diffusion = diffusion
+    self.timesteps = ddim_timesteps(diffusion.num_timesteps, config.sample.ddim_steps)
+    self.eta = float(config.sample.eta)
+    if self.eta < 0:
+      raise UserError(f"config.sample.eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like).")
+    self.num_traces = 0
+    self._jitted = jax.jit(self._sample)
+
+  def _sample(self, params, audio, prev, identity, key, w_audio):
+    self.num_traces += 1
+    model = nnx.merge(self.graphdef, params)
+    return sample_window(model, self.diffusion, audio, prev, identity, key, w_audio, self.timesteps, self.eta)
+
+  def __call__(self, params: Any, audio: Any, prev: Any, identity: Any, key: jax.Array,
+               w_audio: float | jax.Array) -> jax.Array:
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    return self._jitted(params, f32(audio), f32(prev), f32(identity), key, f32(w_audio))
+
+
+def make_window_sampler(graphdef: Any, diffusion: Diffusion, config: Any) -> WindowSampler:
+  """The window sampler for a model graph (nnx.split(model)[0]), schedule and config (uses config.sample)."""
+  return WindowSampler(graphdef, diffusion, config)
+
+
+def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, identity: Any, key: jax.Array,
+                    config: Any, *, w_audio: float | None = None, progress: bool = False) -> np.ndarray:
+  """Normalized motion for a whole clip, window by window; memory stays flat for any length.
+
+  audio_features: normalized features [T, D] (or [B, T, D] for B independent sequences); identity: [132]
+  (or [B, 132]). Window i covers frames [iL, iL+L) with audio of frames [iL-c, iL+L+c), zeros outside the
+  clip; its previous motion is the last K frames generated before it, the source motion (identity[:69])
+  repeated K times for the first window. Returns numpy float32 [T, 69] (or [B, T, 69]).
+  """
+  l, k, c = config.data.window, config.data.prev_frames, config.data.audio_context
+  w = config.sample.w_audio if w_audio is None else w_audio
+  audio = np.asarray(audio_features, np.float32)
+  ident = np.asarray(identity, np.float32)
+  single = audio.ndim == 2
+  if single:
+    audio, ident = audio[None], ident[None]
+  if audio.ndim != 3 or ident.shape != (audio.shape[0], ident.shape[-1]) or ident.shape[-1] < MOTION_DIM:
+    raise ValueError(f"audio_features {np.shape(audio_features)} and identity {np.shape(identity)} must be "
+                     "[T, D] and [132], or [B, T, D] and [B, 132].")
+  b, t, d = audio.shape
+  n = math.ceil(t / l)
+  padded = np.zeros((b, n * l + 2 * c, d), np.float32)
+  padded[:, c:c + t] = audio
+  prev = np.repeat(ident[:, None, :MOTION_DIM], k, axis=1)
+  out = np.zeros((b, n * l, MOTION_DIM), np.float32)
+  windows = range(n)
+  if progress:
+    from tqdm.auto import tqdm
+    windows = tqdm(windows, desc="sampling windows", unit="window")
+  for i in windows:
+    s = i * l
+    x0 = np.asarray(jax.device_get(window_sampler(params, padded[:, s:s + l + 2 * c], prev, ident,
+                                                  jax.random.fold_in(key, i), w)), np.float32)
+    out[:, s:s + l] = x0
+    history = np.concatenate([prev, x0], axis=1)
+    prev = history[:, history.shape[1] - k:]
+  out = out[:, :t]
+  return out[0] if single else out

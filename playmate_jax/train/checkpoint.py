@@ -1,0 +1,103 @@
+"""Orbax checkpoints in `workdir/checkpoints`: train state (with EMA), each process's Grain iterator state, config.
+
+Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it when complete), so a crash or
+SIGKILL mid-save leaves the previous checkpoints intact. Restoring tries the newest checkpoint first and falls back
+to older ones with a warning when one is unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from playmate_jax import configlib
+from playmate_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+  """Saves and restores {'state', 'data', 'config'} under `workdir/checkpoints/<step>`."""
+
+  def __init__(self, workdir: str, keep: int, *, with_data: bool = True):
+    self.directory = checkpoint_dir(workdir)
+    self.with_data = with_data
+    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    if with_data:
+      handlers["data"] = grain.checkpoint.CheckpointHandler()
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
+        item_handlers=handlers)
+
+  def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict) -> None:
+    args = {"state": ocp.args.StandardSave(state),
+            "config": ocp.args.JsonSave(json.loads(configlib.to_json(config)))}
+    if self.with_data:
+      args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def restore_latest(self, abstract_state, data_iterator) -> tuple[int, Any] | None:
+    """(step, state) of the newest readable checkpoint, the iterator restored in place; None if there is none."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      args = {"state": ocp.args.StandardRestore(abstract_state)}
+      if self.with_data:
+        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+      except Exception as e:  # a damaged checkpoint: any error from Orbax, TensorStore or the file system
+        log.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
+                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      return step, restored["state"]
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def restore_params(path: str, *, ema: bool = True) -> tuple[dict, ml_collections.ConfigDict, int]:
+  """(params, config, step) from a workdir (its newest readable checkpoint) or from one checkpoint folder.
+
+  Used by sampling and by stage 2; needs no data iterator and no optimizer. EMA weights by default.
+  """
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  candidates: list[str]
+  if os.path.isdir(os.path.join(path, "state")):
+    candidates = [path]
+  elif os.path.isdir(path):
+    steps = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True)
+    candidates = [os.path.join(path, str(s)) for s in steps]
+  else:
+    raise UserError(f"Checkpoint {path} does not exist; pass a training workdir or one of its checkpoints/<step> folders.")
+  if not candidates:
+    raise UserError(f"No checkpoint found in {path}; train first with launch.py or pass another workdir.")
+  key = "ema_params" if ema else "params"
+  for candidate in candidates:
+    try:
+      with open(os.path.join(candidate, "config", "metadata")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+      tree = ocp.StandardCheckpointer().restore(os.path.join(candidate, "state"))
+    except Exception as e:
+      log.warning("Checkpoint %s is unreadable (%s); trying the previous one.", candidate, type(e).__name__)
+      continue
+    params = jax.tree.map(lambda x: x, tree[key])
+    return params, config, int(tree["step"])
+  raise UserError(f"No readable checkpoint in {path}; every candidate failed to load (see warnings above).")

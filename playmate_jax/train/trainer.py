@@ -1,0 +1,191 @@
+"""The one training loop every config reuses.
+
+Trainer(config, workdir).run() trains on a mesh over every device of every process, resumes from the newest
+readable checkpoint in `workdir/checkpoints`, logs to `metrics.jsonl` and TensorBoard, evaluates on the held-out
+split (`eval_metrics.jsonl`, `eval/step_N.png`), saves a checkpoint every `train.ckpt_every` steps, at the end,
+and on SIGTERM / Ctrl-C, and stops with a clear message on a non-finite loss without saving the bad state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from playmate_jax import configlib, data, generator
+from playmate_jax.errors import UserError
+from playmate_jax.train import checkpoint as ckpt_lib
+from playmate_jax.train import evaluate as eval_lib
+from playmate_jax.train import mesh as mesh_lib
+from playmate_jax.train import metrics as metrics_lib
+from playmate_jax.train import state as state_lib
+from playmate_jax.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+  """The loss or the gradient became non-finite."""
+
+
+def model_factory(config: ml_collections.ConfigDict, audio_dim: int):
+  """rngs -> MotionDiT for this config and audio feature size."""
+  return lambda rngs: generator.MotionDiT(
+      config.model, audio_dim=audio_dim, audio_context=config.data.audio_context, rngs=rngs)
+
+
+def to_host(tree):
+  """A replicated global pytree -> numpy on this host (evaluation runs per process, on local devices)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def _keep_rows_up_to(path: str, step: int) -> None:
+  """After a resume, drops logged rows of steps that the restored state has not yet taken (they will be redone)."""
+  rows = metrics_lib.read_jsonl(path)
+  if any(r["step"] > step for r in rows):
+    import json
+    with open(path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= step)
+
+
+class Trainer:
+  """Builds everything a run needs; `run()` trains until `config.train.num_steps`."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh=None):
+    self.config, self.workdir = config, os.path.abspath(workdir)
+    self.mesh = mesh if mesh is not None else mesh_lib.make_mesh()
+    configlib.validate(config, num_devices=self.mesh.size, process_count=jax.process_count())
+    self.is_main = jax.process_index() == 0
+    os.makedirs(self.workdir, exist_ok=True)
+
+    info = data.load_dataset_info(config)
+    self.model_fn = model_factory(config, info["feature_dim"])
+    self.diffusion = generator.Diffusion.from_config(config.diffusion)
+    self.tx = state_lib.make_optimizer(config)
+    self.lr_schedule = state_lib.learning_rate_schedule(config.optim, config.train.num_steps)
+    self.graphdef = state_lib.model_graphdef(self.model_fn)
+
+    root = jax.random.key(config.seed)
+    self.init_key, self.step_key, self.eval_key = (jax.random.fold_in(root, i) for i in range(3))
+
+    def loss_fn(model, batch, key):
+      return generator.training_loss(model, batch, key, self.diffusion, config.model)
+
+    self.train_step = step_lib.make_train_step(self.graphdef, loss_fn, self.tx, config, self.mesh, self.lr_schedule)
+    self.sample_window = generator.make_window_sampler(self.graphdef, self.diffusion, config)
+    self.data_iter = data.make_train_iterator(config, jax.process_index(), jax.process_count())
+    self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config.train.keep_checkpoints)
+    self.writer = metrics_lib.MetricWriter(self.workdir, "metrics.jsonl", "tensorboard/train")
+    self.eval_writer = metrics_lib.MetricWriter(self.workdir, "eval_metrics.jsonl", "tensorboard/eval")
+    self._eval_clips = None
+    self._stop_signal = None
+
+  # -- state ---------------------------------------------------------------------------------------------------
+
+  def initial_state(self):
+    """The newest readable checkpoint's state (iterator restored too), else a fresh initialization."""
+    abstract = state_lib.abstract_state(self.model_fn, self.tx, self.init_key, self.mesh)
+    restored = self.checkpointer.restore_latest(abstract, self.data_iter)
+    if restored is not None:
+      step, state = restored
+      log.info("Resuming from %s/%d.", self.checkpointer.directory, step)
+      if self.is_main:
+        _keep_rows_up_to(self.writer.path, step)
+        _keep_rows_up_to(self.eval_writer.path, step)
+      return state
+    return state_lib.create_train_state(self.model_fn, self.tx, self.init_key, self.mesh)
+
+  def save(self, state) -> None:
+    step = int(state["step"])
+    if step not in self.checkpointer.manager.all_steps():
+      self.checkpointer.save(step, state, self.data_iter, self.config)
+
+  # -- evaluation ----------------------------------------------------------------------------------------------
+
+  def sample(self, params, audio, identity, key, w_audio):
+    return generator.sample_sequence(self.sample_window, params, audio, identity, key, self.config, w_audio=w_audio)
+
+  def evaluate(self, state) -> dict[str, float]:
+    if self._eval_clips is None:
+      e = self.config.eval
+      self._eval_clips = data.load_eval_clips(self.config, self.config.data.eval_split, e.num_clips, e.max_frames)
+    step = int(state["step"])
+    metrics, curves = eval_lib.evaluate(self.sample, to_host(state["ema_params"]), self._eval_clips,
+                                        jax.random.fold_in(self.eval_key, step), self.config.sample.w_audio)
+    if self.is_main:
+      self.eval_writer.write(step, metrics)
+      if self.config.eval.plot:
+        eval_lib.plot(curves, os.path.join(self.workdir, "eval", f"step_{step:08d}.png"), step)
+    return metrics
+
+  # -- loop ----------------------------------------------------------------------------------------------------
+
+  def _on_signal(self, signum, frame):
+    self._stop_signal = signal.Signals(signum).name
+
+  def _flush(self, pending: list[dict], step: int, seconds: float, bar) -> dict[str, float]:
+    """Averages the metrics of the steps since the last flush (one host sync), checks they were finite."""
+    rows = jax.device_get(pending)
+    pending.clear()
+    if any(r["finite"] < 1.0 for r in rows):
+      last = self.checkpointer.manager.latest_step()
+      where = f"{self.checkpointer.directory}/{last}" if last is not None else "none was saved yet"
+      raise TrainingDiverged(
+          f"Training stopped near step {step}: the loss or gradient became non-finite; the last good checkpoint "
+          f"({where}) is intact, lower config.optim.lr or raise config.optim.warmup_steps and rerun to resume.")
+    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "finite"}
+    means["steps_per_s"] = len(rows) / max(seconds, 1e-9)
+    self.writer.write(step, means)
+    if bar is not None:
+      bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+    return means
+
+  def run(self):
+    """Trains to config.train.num_steps; returns the final state."""
+    t = self.config.train
+    state = self.initial_state()
+    step = int(state["step"])
+    if self.is_main:
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        f.write(configlib.to_json(self.config))
+      log.info("Model: %s parameters; %d devices over %d processes.",
+               f"{state_lib.num_params(state['params']):,}", jax.device_count(), jax.process_count())
+    previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    bar = tqdm(total=t.num_steps, initial=step, desc="stage %d" % self.config.stage, dynamic_ncols=True,
+               disable=not (self.is_main and t.progress_bar))
+    pending, t_last = [], time.perf_counter()
+    try:
+      while step < t.num_steps:
+        batch = mesh_lib.global_batch(next(self.data_iter), self.mesh)
+        state, metrics = self.train_step(state, batch, self.step_key)
+        pending.append(metrics)
+        step += 1
+        bar.update(1)
+        stop = self._stop_signal is not None
+        if step % t.log_every == 0 or step == t.num_steps or stop or step % t.ckpt_every == 0:
+          now = time.perf_counter()
+          self._flush(pending, step, now - t_last, bar)
+          t_last = now
+        if step % t.ckpt_every == 0 or step == t.num_steps or stop:
+          self.save(state)
+        if stop:
+          log.warning("Received %s: saved a checkpoint at step %d and stopped; rerun the same command to resume.",
+                      self._stop_signal, step)
+          break
+        if step % t.eval_every == 0 or step == t.num_steps:
+          self.evaluate(state)
+          t_last = time.perf_counter()
+    finally:
+      bar.close()
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+      self.checkpointer.close()
+      self.writer.close()
+      self.eval_writer.close()
+    return state

@@ -1,0 +1,163 @@
+"""Audio loading and the log-mel front end: frame count, alignment, formats and user errors."""
+
+import numpy as np
+import pytest
+import soundfile
+
+from configs.stage1 import get_config
+from playmate_jax.audio import get_encoder, load_audio, num_frames
+from playmate_jax.errors import UserError
+
+SR, HOP = 16000, 640
+
+
+@pytest.fixture(scope="module")
+def encoder():
+  return get_encoder(get_config().audio)
+
+
+@pytest.mark.parametrize("n, frames", [(0, 0), (1, 1), (639, 1), (640, 1), (641, 2), (16000, 25), (16001, 26),
+                                       (48000, 75)])
+def test_num_frames(n, frames):
+  assert num_frames(n) == frames
+
+
+def test_num_frames_other_rates():
+  assert num_frames(44100, sample_rate=44100, fps=30) == 30
+  assert num_frames(44101, sample_rate=44100, fps=30) == 31
+
+
+@pytest.mark.parametrize("n", [0, 1, 639, 640, 641, 16000, 16001, 40000])
+def test_encoder_frame_count_and_dtype(encoder, n):
+  feats = encoder.encode(np.zeros(n, np.float32))
+  assert feats.shape == (num_frames(n), encoder.feature_dim)
+  assert feats.dtype == np.float32
+
+
+def test_encoder_name_and_settings(encoder):
+  assert encoder.name == "logmel80-sr16000-hop640-n1024-f55-7600"
+  assert encoder.feature_dim == 80
+  c = get_config().audio
+  c.unlock()
+  c.n_mels, c.fmax = 64, 8000.0
+  other = get_encoder(c)
+  assert other.name == "logmel64-sr16000-hop640-n1024-f55-8000" and other.feature_dim == 64
+
+
+def test_unknown_encoder_is_a_user_error():
+  c = get_config().audio
+  c.unlock()
+  c.encoder = "wavlm"
+  with pytest.raises(UserError, match="config.audio.encoder"):
+    get_encoder(c)
+
+
+def test_bad_mel_settings_are_user_errors():
+  c = get_config().audio
+  c.unlock()
+  c.fmax = 9000.0
+  with pytest.raises(UserError, match="fmax"):
+    get_encoder(c)
+
+
+@pytest.mark.parametrize("frame", [0, 1, 7, 24])
+def test_click_lights_up_its_frame(encoder, frame):
+  wave = np.zeros(25 * HOP, np.float32)
+  wave[frame * HOP + HOP // 2] = 1.0  # a click in the middle of video frame `frame`
+  energy = encoder.encode(wave).mean(axis=1)
+  assert np.argmax(energy) == frame
+  silent = np.delete(energy, frame)
+  assert np.all(silent < energy[frame] - 5.0)  # neighbours stay (close to) silent in log power
+
+
+def test_click_inside_frame_maps_to_that_frame(encoder):
+  # Clicks anywhere inside video frame i (not only its middle) peak at row i.
+  for offset in (HOP // 4, HOP // 2, 3 * HOP // 4):
+    wave = np.zeros(10 * HOP, np.float32)
+    wave[4 * HOP + offset] = 1.0
+    assert np.argmax(encoder.encode(wave).mean(axis=1)) == 4
+
+
+def test_tone_burst_alignment(encoder):
+  t = np.arange(20 * HOP) / SR
+  wave = np.zeros_like(t, dtype=np.float32)
+  burst = slice(8 * HOP, 12 * HOP)  # video frames 8..11
+  wave[burst] = 0.5 * np.sin(2 * np.pi * 440.0 * t[burst])
+  power = np.exp(encoder.encode(wave)).sum(axis=1)  # linear mel power per frame
+  loud = np.flatnonzero(power > 0.5 * power.max())
+  np.testing.assert_array_equal(loud, [8, 9, 10, 11])
+
+
+def test_tone_pitch_maps_to_mel_band(encoder):
+  t = np.arange(SR) / SR
+  low, high = (encoder.encode((0.5 * np.sin(2 * np.pi * f * t)).astype(np.float32)) for f in (200.0, 3000.0))
+  assert np.argmax(low[12]) < np.argmax(high[12])
+
+
+def test_stereo_44k_loads_as_16k_mono(tmp_path):
+  sr, seconds = 44100, 1.5
+  t = np.arange(int(sr * seconds)) / sr
+  left = 0.5 * np.sin(2 * np.pi * 300.0 * t)
+  stereo = np.stack([left, 0.25 * np.ones_like(left)], axis=1)
+  path = tmp_path / "speech.wav"
+  soundfile.write(path, stereo, sr, subtype="PCM_16")
+  wave = load_audio(path)
+  assert wave.dtype == np.float32 and wave.ndim == 1
+  assert len(wave) == int(round(seconds * SR))
+  assert np.abs(wave).max() <= 1.0
+  # Channels are averaged: the mean is half the constant right channel, the tone amplitude halves.
+  np.testing.assert_allclose(wave.mean(), 0.125, atol=2e-3)
+  np.testing.assert_allclose(np.abs(wave[1000:-1000] - 0.125).max(), 0.25, atol=5e-3)
+
+
+@pytest.mark.parametrize("sr, subtype, ext", [(16000, "PCM_16", "wav"), (22050, "FLOAT", "wav"),
+                                              (48000, "PCM_24", "flac")])
+def test_rates_and_formats(tmp_path, sr, subtype, ext):
+  n = int(sr * 0.8)
+  path = tmp_path / f"a.{ext}"
+  soundfile.write(path, 0.1 * np.sin(np.arange(n) * 0.05), sr, subtype=subtype)
+  wave = load_audio(path)
+  assert len(wave) == int(round(0.8 * SR)) and wave.dtype == np.float32
+
+
+def test_silent_file(tmp_path, encoder):
+  path = tmp_path / "silence.wav"
+  soundfile.write(path, np.zeros(8000, np.int16), SR)
+  wave = load_audio(path)
+  np.testing.assert_array_equal(wave, 0.0)
+  feats = encoder.encode(wave)
+  assert feats.shape == (13, 80) and np.all(np.isfinite(feats))
+  np.testing.assert_allclose(feats, np.log(1e-5), rtol=1e-6)
+
+
+def test_missing_file(tmp_path):
+  path = tmp_path / "nope.wav"
+  with pytest.raises(UserError, match="nope.wav") as e:
+    load_audio(path)
+  assert "does not exist" in str(e.value)
+
+
+def test_empty_file(tmp_path):
+  path = tmp_path / "empty.wav"
+  path.write_bytes(b"")
+  with pytest.raises(UserError, match="empty.wav") as e:
+    load_audio(path)
+  assert "empty" in str(e.value)
+
+
+def test_zero_sample_file(tmp_path):
+  path = tmp_path / "nothing.wav"
+  soundfile.write(path, np.zeros((0, 1), np.float32), SR)
+  assert path.stat().st_size > 0
+  with pytest.raises(UserError, match="nothing.wav") as e:
+    load_audio(path)
+  assert "no audio samples" in str(e.value)
+
+
+def test_corrupt_file(tmp_path):
+  path = tmp_path / "corrupt.wav"
+  path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  with pytest.raises(UserError, match="corrupt.wav") as e:
+    load_audio(path)
+  assert "could not be decoded" in str(e.value)
+  assert len(str(e.value).splitlines()) == 1

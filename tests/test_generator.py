@@ -1,0 +1,366 @@
+"""Tests of the motion DiT, the diffusion schedule and loss, and the samplers (tiny config, CPU)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs.stage1 import get_config
+from playmate_jax.errors import UserError
+from playmate_jax.generator import (Diffusion, MotionDiT, count_params, ddim_sample, ddim_timesteps, guided_eps,
+                                    make_window_sampler, sample_sequence, sample_window, training_loss)
+
+D = 12                 # audio feature dim used in the tests
+CFG = get_config("tiny")
+L, K, C = CFG.data.window, CFG.data.prev_frames, CFG.data.audio_context
+
+
+def tiny_config(**model_overrides):
+  cfg = get_config("tiny")
+  for name, value in model_overrides.items():
+    setattr(cfg.model, name, value)
+  return cfg
+
+
+def make_model(cfg=CFG, seed=0) -> MotionDiT:
+  return MotionDiT(cfg.model, audio_dim=D, audio_context=C, rngs=nnx.Rngs(seed))
+
+
+def perturb(model: nnx.Module, seed: int = 1, scale: float = 0.1) -> nnx.Module:
+  """Adds noise to every parameter, so that zero-initialized layers no longer hide any input."""
+  state = nnx.state(model, nnx.Param)
+  leaves, treedef = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  noisy = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+  nnx.update(model, jax.tree.unflatten(treedef, noisy))
+  return model
+
+
+def inputs(seed: int = 0, b: int = 2) -> dict:
+  ks = jax.random.split(jax.random.key(seed), 6)
+  return dict(x_t=jax.random.normal(ks[0], (b, L, 69)),
+              t=jax.random.randint(ks[1], (b,), 0, CFG.diffusion.num_timesteps),
+              audio=jax.random.normal(ks[2], (b, L + 2 * C, D)),
+              audio_keep=jnp.ones((b,), bool),
+              prev=jax.random.normal(ks[3], (b, K, 69)),
+              identity=jax.random.normal(ks[4], (b, 132)))
+
+
+def run(model, inp, **changes):
+  return model(**{**inp, **changes})
+
+
+# ---------------------------------------------------------------- model
+
+def test_shapes_dtypes_and_state():
+  model = make_model()
+  inp = inputs(b=3)
+  eps = run(model, inp)
+  assert eps.shape == (3, L, 69) and eps.dtype == jnp.float32
+  h, cond = model.trunk(**inp)
+  assert h.shape == (3, L, CFG.model.dim) and cond.shape == (3, CFG.model.dim)
+  variables = jax.tree.leaves(nnx.state(model), is_leaf=lambda x: isinstance(x, nnx.Variable))
+  assert variables and all(type(v) is nnx.Param for v in variables)   # parameters only: no RNG, no statistics
+  assert all(v[...].dtype == jnp.float32 for v in variables)
+  assert count_params(model) == count_params(nnx.state(model)) == sum(v[...].size for v in variables)
+
+
+def test_blocks_and_output_start_at_identity_and_zero():
+  model = make_model()
+  x = jax.random.normal(jax.random.key(0), (2, K + L, CFG.model.dim))
+  c = jax.random.normal(jax.random.key(1), (2, CFG.model.dim))
+  for block in model.blocks:
+    np.testing.assert_array_equal(block(x, c), x)             # adaLN-Zero: each block starts as the identity
+  np.testing.assert_array_equal(run(model, inputs()), 0.0)   # zero-initialized output layers
+  perturb(model)
+  assert not np.allclose(model.blocks[0](x, c), x)
+
+
+def test_heads_order_exp_then_pose():
+  model = perturb(make_model())
+  inp = inputs()
+  base = run(model, inp)
+  model.pose_head.fc2.bias[...] = model.pose_head.fc2.bias[...] + 1.0
+  moved = run(model, inp) - base
+  np.testing.assert_array_equal(moved[..., :63], 0.0)
+  np.testing.assert_allclose(moved[..., 63:], 1.0, atol=1e-5)
+  model.exp_head.fc2.bias[...] = model.exp_head.fc2.bias[...] + 1.0
+  moved = run(model, inp) - base
+  np.testing.assert_allclose(moved, 1.0, atol=1e-5)
+
+
+def test_dropped_audio_is_ignored_exactly():
+  model = perturb(make_model())
+  inp = inputs()
+  keep = jnp.array([False, True])
+  a = run(model, inp, audio_keep=keep)
+  b = run(model, inp, audio_keep=keep, audio=inp["audio"] * -3.0 + 1.0)
+  np.testing.assert_array_equal(a[0], b[0])          # dropped: bit-identical whatever the audio
+  assert np.abs(a[1] - b[1]).max() > 1e-3            # kept: audio matters
+
+
+@pytest.mark.parametrize("name", ["x_t", "t", "audio", "prev", "identity"])
+def test_each_input_changes_output(name):
+  model = perturb(make_model())
+  inp = inputs()
+  other = inputs(seed=7)
+  a, b = run(model, inp), run(model, inp, **{name: other[name]})
+  assert np.abs(a - b).max() > 1e-3
+
+
+def test_bf16_matches_fp32():
+  model32 = perturb(make_model())
+  model16 = make_model(tiny_config(dtype="bfloat16"))
+  nnx.update(model16, nnx.state(model32, nnx.Param))
+  inp = inputs()
+  out32, out16 = run(model32, inp), run(model16, inp)
+  assert out16.dtype == jnp.float32
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model16)))
+  rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+  assert 0 < rel < 0.05, rel
+
+
+def test_dropout_only_with_key():
+  model = perturb(make_model(tiny_config(dropout=0.3)))
+  inp = inputs()
+  k1, k2 = jax.random.key(1), jax.random.key(2)
+  np.testing.assert_array_equal(run(model, inp), run(model, inp))
+  np.testing.assert_array_equal(run(model, inp, dropout_key=k1), run(model, inp, dropout_key=k1))
+  assert not np.allclose(run(model, inp, dropout_key=k1), run(model, inp, dropout_key=k2))
+  assert not np.allclose(run(model, inp, dropout_key=k1), run(model, inp))
+
+
+def test_config_errors():
+  with pytest.raises(UserError, match="num_heads"):
+    make_model(tiny_config(num_heads=3))
+  with pytest.raises(UserError, match="dtype"):
+    make_model(tiny_config(dtype="int8"))
+
+
+def test_paper_scale_parameter_count():
+  cfg = get_config()
+  model = nnx.eval_shape(lambda: MotionDiT(cfg.model, audio_dim=cfg.audio.n_mels,
+                                           audio_context=cfg.data.audio_context, rngs=nnx.Rngs(0)))
+  assert 60e6 < count_params(model) < 100e6
+
+
+# ---------------------------------------------------------------- diffusion
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_schedule_properties(schedule):
+  dcfg = get_config().diffusion
+  dcfg.schedule = schedule
+  d = Diffusion.from_config(dcfg)
+  ab = np.asarray(d.alphas_cumprod)
+  assert d.num_timesteps == 1000 and ab.dtype == np.float32
+  assert np.all(np.diff(ab) < 0) and ab[0] < 1 and ab[-1] > 0
+  np.testing.assert_allclose(d.sqrt_alphas_cumprod ** 2 + d.sqrt_one_minus_alphas_cumprod ** 2, 1.0, atol=1e-6)
+  np.testing.assert_allclose(ab, np.cumprod(1 - np.asarray(d.betas, np.float64)), rtol=1e-5)
+  if schedule == "cosine":
+    assert ab[-1] < 1e-6 and ab[0] > 0.999
+  else:
+    np.testing.assert_allclose(d.betas[[0, -1]], [dcfg.beta_start, dcfg.beta_end], rtol=1e-6)
+
+
+def test_schedule_errors():
+  dcfg = get_config().diffusion
+  dcfg.schedule = "quadratic"
+  with pytest.raises(UserError, match="schedule"):
+    Diffusion.from_config(dcfg)
+  with pytest.raises(UserError, match="ddim_steps"):
+    ddim_timesteps(100, 101)
+
+
+def test_q_sample_statistics():
+  d = Diffusion.from_config(CFG.diffusion)
+  n, t = 40000, 60
+  x0 = jnp.full((n, 3), 2.0)
+  xt = d.q_sample(x0, jnp.full((n,), t), jax.random.normal(jax.random.key(0), (n, 3)))
+  a = float(d.alphas_cumprod[t])
+  np.testing.assert_allclose(xt.mean(0), 2.0 * np.sqrt(a), atol=0.02)
+  np.testing.assert_allclose(xt.std(0), np.sqrt(1 - a), atol=0.02)
+
+
+def make_batch(seed: int, b: int = 4) -> dict:
+  inp = inputs(seed, b)
+  return dict(motion=inp["x_t"], prev_motion=inp["prev"], audio=inp["audio"], identity=inp["identity"],
+              emotion=jnp.full((b,), -1, jnp.int32))
+
+
+def test_training_loss_pure_and_consistent():
+  cfg = CFG
+  model = make_model()
+  graphdef, params = nnx.split(model)
+  d = Diffusion.from_config(cfg.diffusion)
+  loss_fn = jax.jit(lambda p, batch, key: training_loss(nnx.merge(graphdef, p), batch, key, d, cfg.model))
+  batch = make_batch(0)
+  loss, aux = loss_fn(params, batch, jax.random.key(3))
+  loss2, _ = loss_fn(params, batch, jax.random.key(3))
+  loss3, _ = loss_fn(params, batch, jax.random.key(4))
+  assert float(loss) == float(loss2) and float(loss) != float(loss3)
+  np.testing.assert_allclose(loss, (63 * aux["loss_exp"] + 6 * aux["loss_pose"]) / 69, rtol=1e-6)
+  assert 0.5 < float(loss) < 1.5    # zero-initialized output: the loss is E[noise^2] = 1 at start
+
+
+def test_training_loss_audio_drop():
+  model = perturb(make_model())
+  d = Diffusion.from_config(CFG.diffusion)
+  batch = make_batch(0)
+  other = dict(batch, audio=batch["audio"] + 5.0)
+  key = jax.random.key(0)
+  for prob, same in ((1.0, True), (0.0, False)):
+    mcfg = tiny_config(audio_drop_prob=prob).model
+    a, _ = training_loss(model, batch, key, d, mcfg)
+    b, _ = training_loss(model, other, key, d, mcfg)
+    assert (float(a) == float(b)) == same
+
+
+# ---------------------------------------------------------------- sampling
+
+def test_ddim_oracle_recovers_fixed_data():
+  d = Diffusion.from_config(CFG.diffusion)
+  x_star = jax.random.normal(jax.random.key(0), (3, 5, 69))
+  ab = d.alphas_cumprod
+
+  def oracle(x, t):
+    a = ab[t][:, None, None]
+    return (x - jnp.sqrt(a) * x_star) / jnp.sqrt(1 - a)
+
+  for eta in (0.0, 1.0):
+    x0 = ddim_sample(oracle, d, jax.random.normal(jax.random.key(1), x_star.shape), jax.random.key(2),
+                     ddim_timesteps(d.num_timesteps, 5), eta)
+    np.testing.assert_allclose(x0, x_star, atol=1e-4)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_samples_gaussian_data(eta):
+  """With the exact eps of N(mu, s^2) data, DDIM over all steps reproduces that distribution."""
+  d = Diffusion.from_config(CFG.diffusion)
+  mu, s = 1.5, 0.5
+
+  def exact_eps(x, t):
+    a = d.alphas_cumprod[t][:, None]
+    return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * mu) / (a * s * s + 1 - a)
+
+  x = ddim_sample(exact_eps, d, jax.random.normal(jax.random.key(0), (20000, 1)), jax.random.key(1),
+                  ddim_timesteps(d.num_timesteps, d.num_timesteps), eta)
+  assert abs(float(x.mean()) - mu) < 0.02
+  assert abs(float(x.std()) - s) < 0.03
+
+
+def test_guidance_weights():
+  model = perturb(make_model())
+  d = Diffusion.from_config(CFG.diffusion)
+  inp = inputs()
+  args = (inp["audio"], inp["prev"], inp["identity"])
+  eps1 = guided_eps(model, inp["x_t"], inp["t"], *args, 1.0)
+  np.testing.assert_allclose(eps1, run(model, inp), atol=1e-5)
+  eps0 = guided_eps(model, inp["x_t"], inp["t"], *args, 0.0)
+  np.testing.assert_array_equal(eps0, run(model, inp, audio_keep=jnp.zeros((2,), bool)))
+
+  graphdef, params = nnx.split(model)
+  sampler = make_window_sampler(graphdef, d, CFG)
+  key = jax.random.key(5)
+  cond = sample_window(model, d, *args, key, None, sampler.timesteps, sampler.eta)
+  np.testing.assert_allclose(sampler(params, *args, key, 1.0), cond, atol=1e-4)
+  w0 = sampler(params, *args, key, 0.0)
+  np.testing.assert_array_equal(w0, sampler(params, inp["audio"] * 2 - 1, *args[1:], key, 0.0))
+  assert not np.allclose(w0, sampler(params, *args, key, 1.5))
+  assert sampler.num_traces == 1     # w_audio is an argument: changing it does not recompile
+
+
+class RecordingSampler:
+  """A stand-in window sampler that records its inputs and returns distinct frames."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, params, audio, prev, identity, key, w_audio):
+    audio, prev = np.asarray(audio), np.asarray(prev)
+    self.calls.append((audio, prev))
+    b, l = audio.shape[0], audio.shape[1] - 2 * C
+    return np.full((b, l, 69), len(self.calls), np.float32) + np.arange(l, dtype=np.float32)[None, :, None]
+
+
+@pytest.mark.parametrize("prev_frames", [K, 20])
+def test_sample_sequence_windows(prev_frames):
+  cfg = get_config("tiny")
+  cfg.data.prev_frames = prev_frames
+  t = 2 * L + 5
+  audio = np.random.default_rng(0).normal(size=(t, D)).astype(np.float32) + 3.0
+  identity = np.random.default_rng(1).normal(size=(132,)).astype(np.float32)
+  rec = RecordingSampler()
+  out = sample_sequence(rec, None, audio, identity, jax.random.key(0), cfg)
+  assert out.shape == (t, 69) and len(rec.calls) == 3
+  padded = np.concatenate([np.zeros((C, D)), audio, np.zeros((3 * L - t + C, D))])
+  history = np.repeat(identity[None, :69], prev_frames, 0)     # first window: the source motion, K times
+  for i, (a, p) in enumerate(rec.calls):
+    np.testing.assert_array_equal(a[0], padded[i * L:i * L + L + 2 * C])
+    np.testing.assert_array_equal(p[0], history[-prev_frames:])
+    history = np.concatenate([history, np.full((L, 69), i + 1.0) + np.arange(L)[:, None]])
+  np.testing.assert_array_equal(out, history[prev_frames:prev_frames + t])
+
+
+def test_sample_sequence_real_model_one_compile():
+  model = perturb(make_model())
+  graphdef, params = nnx.split(model)
+  sampler = make_window_sampler(graphdef, Diffusion.from_config(CFG.diffusion), CFG)
+  rng = np.random.default_rng(0)
+  identity = rng.normal(size=(132,)).astype(np.float32)
+  key = jax.random.key(0)
+  out = sample_sequence(sampler, params, rng.normal(size=(3 * L + 1, D)), identity, key, CFG)
+  again = sample_sequence(sampler, params, rng.normal(size=(2 * L - 3, D)), identity, key, CFG, w_audio=2.0)
+  assert out.shape == (3 * L + 1, 69) and again.shape == (2 * L - 3, 69)
+  assert np.isfinite(out).all() and out.dtype == np.float32
+  assert sampler.num_traces == 1     # 6 windows, two lengths, two guidance weights: one compilation
+  batched = sample_sequence(sampler, params, rng.normal(size=(2, L + 3, D)), np.stack([identity] * 2), key, CFG)
+  assert batched.shape == (2, L + 3, 69) and not np.allclose(batched[0], batched[1])
+
+
+# ---------------------------------------------------------------- learning
+
+def test_tiny_model_learns_audio_to_motion():
+  """One exp and one pose coordinate follow the audio of their frame; the loss must fall far below 1."""
+  cfg = CFG
+  d = Diffusion.from_config(cfg.diffusion)
+  model = make_model()
+  graphdef, params = nnx.split(model)
+  opt = optax.adam(3e-3)
+  opt_state = opt.init(params)
+  b = 16
+
+  def synthetic(key):
+    audio = jax.random.normal(key, (b, L + 2 * C, D))
+    motion = jnp.zeros((b, L, 69))
+    motion = motion.at[..., 0].set(2.0 * audio[:, C:C + L, 0]).at[..., 64].set(-audio[:, C:C + L, 1])
+    return dict(motion=motion, prev_motion=jnp.zeros((b, K, 69)), audio=audio, identity=jnp.zeros((b, 132)))
+
+  @jax.jit
+  def step(params, opt_state, key):
+    k_data, k_loss = jax.random.split(key)
+    loss_fn = lambda p: training_loss(nnx.merge(graphdef, p), synthetic(k_data), k_loss, d, cfg.model)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  losses = []
+  for i in range(250):
+    params, opt_state, loss = step(params, opt_state, jax.random.fold_in(jax.random.key(0), i))
+    losses.append(float(loss))
+  assert np.mean(losses[:5]) > 0.8
+  assert np.mean(losses[-25:]) < 0.25 * np.mean(losses[:5]), (losses[:5], losses[-25:])
+
+  # The learned model uses the audio: at a mid-level noise, x0 of the audio-driven coordinate is far better
+  # predicted with the audio than without.
+  model = nnx.merge(graphdef, params)
+  data = synthetic(jax.random.key(99))
+  t = jnp.full((b,), cfg.diffusion.num_timesteps // 2)
+  noise = jax.random.normal(jax.random.key(98), data["motion"].shape)
+  x_t = d.q_sample(data["motion"], t, noise)
+  errs = []
+  for keep in (True, False):
+    eps = model(x_t, t, data["audio"], jnp.full((b,), keep), data["prev_motion"], data["identity"])
+    errs.append(float(jnp.mean(jnp.square(eps - noise)[..., 0])))
+  assert errs[0] < 0.5 * errs[1], errs
