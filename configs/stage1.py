@@ -31,7 +31,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # Data: a `playmate_clips` TFDS dataset (ArrayRecord) in data_dir, or the built-in demo dataset.
   c.data = ml_collections.ConfigDict()
   c.data.name = "playmate_clips"      # "playmate_clips" (preprocessed videos) or "demo" (built-in synthetic)
-  c.data.data_dir = ""                # where the TFDS dataset lives; for "demo", "" means ~/.cache/playmate_jax
+  c.data.data_dir = ""                # the TFDS dataset; for "demo", "" means ~/.cache/playmate_jax/demo/...
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.window = 80                  # L: frames generated per window (25 fps)
@@ -76,6 +76,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sample.ddim_steps = 25
   c.sample.eta = 0.0
   c.sample.w_audio = 1.5              # audio guidance weight w_a
+  c.sample.clip_x0 = 6.0              # clip each DDIM x0 estimate to +-this (normalized units; 0: off)
 
   # Optimizer: AdamW, linear warm-up then cosine decay, global-norm clipping, EMA of the weights.
   c.optim = ml_collections.ConfigDict()
@@ -102,24 +103,25 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.plot = True
 
   if variant == "demo":
+    # Sized to learn the demo's audio-to-mouth rule in a few minutes on 2 CPU cores (about 70 ms a step).
     c.data.name = "demo"
-    c.data.window = 50
-    c.data.prev_frames = 10
-    c.data.batch_size = 32
+    c.data.window = 40
+    c.data.prev_frames = 8
+    c.data.batch_size = 16
     c.data.worker_count = 0
-    c.model.dim = 128
-    c.model.depth = 4
+    c.model.dim = 96
+    c.model.depth = 3
     c.model.num_heads = 4
-    c.model.head_hidden = 128
+    c.model.head_hidden = 96
     c.model.dropout = 0.0
     c.model.dtype = "float32"
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 100
     c.optim.ema_decay = 0.99
-    c.train.num_steps = 3000
+    c.train.num_steps = 2000
     c.train.log_every = 50
     c.train.ckpt_every = 500
-    c.train.eval_every = 1000
+    c.train.eval_every = 500
     c.eval.num_clips = 8
     c.eval.max_frames = 250
   elif variant == "tiny":

@@ -28,28 +28,29 @@ def make_model(cfg=CFG, seed=0) -> MotionDiT:
   return MotionDiT(cfg.model, audio_dim=D, audio_context=C, rngs=nnx.Rngs(seed))
 
 
-def perturb(model: nnx.Module, seed: int = 1, scale: float = 0.1) -> nnx.Module:
+def perturb(model: nnx.Module, seed: int = 1) -> nnx.Module:
   """Adds noise to every parameter, so that zero-initialized layers no longer hide any input."""
+  rng = np.random.default_rng(seed)
   state = nnx.state(model, nnx.Param)
-  leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  noisy = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-  nnx.update(model, jax.tree.unflatten(treedef, noisy))
+  nnx.update(model, jax.tree.map(lambda x: x + 0.1 * rng.normal(size=x.shape).astype(np.float32), state))
   return model
 
 
 def inputs(seed: int = 0, b: int = 2) -> dict:
-  ks = jax.random.split(jax.random.key(seed), 6)
-  return dict(x_t=jax.random.normal(ks[0], (b, L, 69)),
-              t=jax.random.randint(ks[1], (b,), 0, CFG.diffusion.num_timesteps),
-              audio=jax.random.normal(ks[2], (b, L + 2 * C, D)),
-              audio_keep=jnp.ones((b,), bool),
-              prev=jax.random.normal(ks[3], (b, K, 69)),
-              identity=jax.random.normal(ks[4], (b, 132)))
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  return dict(x_t=normal(b, L, 69), t=jnp.asarray(rng.integers(0, CFG.diffusion.num_timesteps, b), jnp.int32),
+              audio=normal(b, L + 2 * C, D), audio_keep=jnp.ones((b,), bool), prev=normal(b, K, 69),
+              identity=normal(b, 132))
+
+
+@nnx.jit
+def _forward(model, kwargs):
+  return model(**kwargs)
 
 
 def run(model, inp, **changes):
-  return model(**{**inp, **changes})
+  return _forward(model, {**inp, **changes})
 
 
 # ---------------------------------------------------------------- model
@@ -59,7 +60,7 @@ def test_shapes_dtypes_and_state():
   inp = inputs(b=3)
   eps = run(model, inp)
   assert eps.shape == (3, L, 69) and eps.dtype == jnp.float32
-  h, cond = model.trunk(**inp)
+  h, cond = nnx.jit(lambda m, kw: m.trunk(**kw))(model, inp)
   assert h.shape == (3, L, CFG.model.dim) and cond.shape == (3, CFG.model.dim)
   variables = jax.tree.leaves(nnx.state(model), is_leaf=lambda x: isinstance(x, nnx.Variable))
   assert variables and all(type(v) is nnx.Param for v in variables)   # parameters only: no RNG, no statistics
@@ -71,11 +72,12 @@ def test_blocks_and_output_start_at_identity_and_zero():
   model = make_model()
   x = jax.random.normal(jax.random.key(0), (2, K + L, CFG.model.dim))
   c = jax.random.normal(jax.random.key(1), (2, CFG.model.dim))
+  apply = nnx.jit(lambda block, x, c: block(x, c))
   for block in model.blocks:
-    np.testing.assert_array_equal(block(x, c), x)             # adaLN-Zero: each block starts as the identity
+    np.testing.assert_array_equal(apply(block, x, c), x)             # adaLN-Zero: each block starts as the identity
   np.testing.assert_array_equal(run(model, inputs()), 0.0)   # zero-initialized output layers
   perturb(model)
-  assert not np.allclose(model.blocks[0](x, c), x)
+  assert not np.allclose(apply(model.blocks[0], x, c), x)
 
 
 def test_heads_order_exp_then_pose():
@@ -157,11 +159,11 @@ def test_schedule_properties(schedule):
   assert d.num_timesteps == 1000 and ab.dtype == np.float32
   assert np.all(np.diff(ab) < 0) and ab[0] < 1 and ab[-1] > 0
   np.testing.assert_allclose(d.sqrt_alphas_cumprod ** 2 + d.sqrt_one_minus_alphas_cumprod ** 2, 1.0, atol=1e-6)
-  np.testing.assert_allclose(ab, np.cumprod(1 - np.asarray(d.betas, np.float64)), rtol=1e-5)
+  np.testing.assert_allclose(ab, np.cumprod(1 - np.asarray(d.betas, np.float64)), rtol=1e-5, atol=1e-12)
   if schedule == "cosine":
     assert ab[-1] < 1e-6 and ab[0] > 0.999
   else:
-    np.testing.assert_allclose(d.betas[[0, -1]], [dcfg.beta_start, dcfg.beta_end], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(d.betas)[[0, -1]], [dcfg.beta_start, dcfg.beta_end], rtol=1e-6)
 
 
 def test_schedule_errors():
@@ -209,12 +211,11 @@ def test_training_loss_audio_drop():
   d = Diffusion.from_config(CFG.diffusion)
   batch = make_batch(0)
   other = dict(batch, audio=batch["audio"] + 5.0)
-  key = jax.random.key(0)
+  graphdef, params = nnx.split(model)
   for prob, same in ((1.0, True), (0.0, False)):
     mcfg = tiny_config(audio_drop_prob=prob).model
-    a, _ = training_loss(model, batch, key, d, mcfg)
-    b, _ = training_loss(model, other, key, d, mcfg)
-    assert (float(a) == float(b)) == same
+    loss_fn = jax.jit(lambda p, batch: training_loss(nnx.merge(graphdef, p), batch, jax.random.key(0), d, mcfg)[0])
+    assert (float(loss_fn(params, batch)) == float(loss_fn(params, other))) == same
 
 
 # ---------------------------------------------------------------- sampling
@@ -258,13 +259,13 @@ def test_guidance_weights():
   eps1 = guided_eps(model, inp["x_t"], inp["t"], *args, 1.0)
   np.testing.assert_allclose(eps1, run(model, inp), atol=1e-5)
   eps0 = guided_eps(model, inp["x_t"], inp["t"], *args, 0.0)
-  np.testing.assert_array_equal(eps0, run(model, inp, audio_keep=jnp.zeros((2,), bool)))
+  np.testing.assert_allclose(eps0, run(model, inp, audio_keep=jnp.zeros((2,), bool)), atol=1e-5)
 
   graphdef, params = nnx.split(model)
   sampler = make_window_sampler(graphdef, d, CFG)
   key = jax.random.key(5)
-  cond = sample_window(model, d, *args, key, None, sampler.timesteps, sampler.eta)
-  np.testing.assert_allclose(sampler(params, *args, key, 1.0), cond, atol=1e-4)
+  cond = sample_window(model, d, *args, key, None, sampler.timesteps, sampler.eta, sampler.clip_x0)
+  np.testing.assert_allclose(sampler(params, *args, key, 1.0), cond, rtol=2e-3, atol=1e-3)
   w0 = sampler(params, *args, key, 0.0)
   np.testing.assert_array_equal(w0, sampler(params, inp["audio"] * 2 - 1, *args[1:], key, 0.0))
   assert not np.allclose(w0, sampler(params, *args, key, 1.5))
@@ -292,7 +293,7 @@ def test_sample_sequence_windows(prev_frames):
   audio = np.random.default_rng(0).normal(size=(t, D)).astype(np.float32) + 3.0
   identity = np.random.default_rng(1).normal(size=(132,)).astype(np.float32)
   rec = RecordingSampler()
-  out = sample_sequence(rec, None, audio, identity, jax.random.key(0), cfg)
+  out = sample_sequence(rec, None, audio, identity, jax.random.key(0), cfg, progress=prev_frames > L)
   assert out.shape == (t, 69) and len(rec.calls) == 3
   padded = np.concatenate([np.zeros((C, D)), audio, np.zeros((3 * L - t + C, D))])
   history = np.repeat(identity[None, :69], prev_frames, 0)     # first window: the source motion, K times
@@ -322,14 +323,14 @@ def test_sample_sequence_real_model_one_compile():
 # ---------------------------------------------------------------- learning
 
 def test_tiny_model_learns_audio_to_motion():
-  """One exp and one pose coordinate follow the audio of their frame; the loss must fall far below 1."""
-  cfg = CFG
+  """One exp and one pose coordinate follow the audio of their frame, the rest is zero: the loss must fall far
+  below its initial value, and the trained model must use the audio."""
+  cfg = tiny_config(dim=96, head_hidden=96)    # tiny's dim 32 < 69 cannot carry 69 noise dims per token
   d = Diffusion.from_config(cfg.diffusion)
-  model = make_model()
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(make_model(cfg))
   opt = optax.adam(3e-3)
   opt_state = opt.init(params)
-  b = 16
+  b = 8
 
   def synthetic(key):
     audio = jax.random.normal(key, (b, L + 2 * C, D))
@@ -346,21 +347,31 @@ def test_tiny_model_learns_audio_to_motion():
     return optax.apply_updates(params, updates), opt_state, loss
 
   losses = []
-  for i in range(250):
+  for i in range(200):
     params, opt_state, loss = step(params, opt_state, jax.random.fold_in(jax.random.key(0), i))
     losses.append(float(loss))
   assert np.mean(losses[:5]) > 0.8
-  assert np.mean(losses[-25:]) < 0.25 * np.mean(losses[:5]), (losses[:5], losses[-25:])
+  assert np.mean(losses[-25:]) < 0.15 * np.mean(losses[:5]), (losses[:5], losses[-25:])
 
-  # The learned model uses the audio: at a mid-level noise, x0 of the audio-driven coordinate is far better
-  # predicted with the audio than without.
-  model = nnx.merge(graphdef, params)
+  # The audio-driven coordinates are far better denoised with the audio than with the null embedding.
   data = synthetic(jax.random.key(99))
-  t = jnp.full((b,), cfg.diffusion.num_timesteps // 2)
+  t = jnp.full((b,), int(0.3 * cfg.diffusion.num_timesteps))
   noise = jax.random.normal(jax.random.key(98), data["motion"].shape)
-  x_t = d.q_sample(data["motion"], t, noise)
-  errs = []
-  for keep in (True, False):
-    eps = model(x_t, t, data["audio"], jnp.full((b,), keep), data["prev_motion"], data["identity"])
-    errs.append(float(jnp.mean(jnp.square(eps - noise)[..., 0])))
-  assert errs[0] < 0.5 * errs[1], errs
+  inp = dict(x_t=d.q_sample(data["motion"], t, noise), t=t, audio=data["audio"], prev=data["prev_motion"],
+             identity=data["identity"])
+  model = nnx.merge(graphdef, params)
+  errs = [float(jnp.mean(jnp.square(run(model, inp, audio_keep=jnp.full((b,), keep)) - noise)[..., [0, 64]]))
+          for keep in (True, False)]
+  assert errs[0] < 0.6 * errs[1], errs
+
+
+def test_ddim_clip_bounds_a_poor_eps_model():
+  """A model whose eps is off at near-zero SNR: unclipped, the error is amplified by 1/sqrt(alpha_bar); clipped, not."""
+  d = Diffusion.from_config(CFG.diffusion)
+  x_T = jax.random.normal(jax.random.key(0), (2, 8, 69))
+  bad_eps = lambda x, t: 0.5 * x  # half the noise: error ~ 0.5 |x| / sqrt(alpha_bar) at the first step
+  timesteps = np.array([d.num_timesteps - 1, d.num_timesteps // 2, 0], np.int32)
+  wild = ddim_sample(bad_eps, d, x_T, jax.random.key(1), timesteps, 0.0)
+  tame = ddim_sample(bad_eps, d, x_T, jax.random.key(1), timesteps, 0.0, clip_x0=3.0)
+  assert np.abs(wild).max() > 30.0
+  assert np.abs(tame).max() <= 3.0 + 1e-5

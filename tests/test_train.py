@@ -46,8 +46,8 @@ def launch(workdir, *args, devices=1, wait=True, env=None):
 
 
 def final_params(workdir):
-  params, _, step = ckpt_lib.restore_params(workdir, ema=False)
-  return params, step
+  run = ckpt_lib.restore_run(workdir, ema=False)
+  return run.params, run.step
 
 
 def assert_trees_close(a, b, **tol):

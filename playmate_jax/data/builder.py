@@ -28,8 +28,10 @@ MOTION_KEYS = ("exp", "pitch", "yaw", "roll", "t", "scale", "kp")
 
 def features(feature_dim: int) -> tfds.features.FeaturesDict:
   """The dataset schema (DESIGN.md "Dataset"); nested dicts are the `motion/...` and `audio/...` keys."""
-  f32 = np.float32
-  frames = lambda *shape: tfds.features.Tensor(shape=(None, *shape), dtype=f32)
+  # Raw-bytes encoding: ~20x faster to write than TFDS' default protobuf lists, and int16 stays 2 bytes.
+  tensor = lambda shape, dtype: tfds.features.Tensor(shape=shape, dtype=dtype,
+                                                     encoding=tfds.features.Encoding.BYTES)
+  frames = lambda *shape: tensor((None, *shape), np.float32)
   return tfds.features.FeaturesDict({
       "clip_id": tfds.features.Text(),
       "speaker_id": tfds.features.Text(),
@@ -40,8 +42,8 @@ def features(feature_dim: int) -> tfds.features.FeaturesDict:
           "t": frames(3), "scale": frames(), "kp": frames(NUM_KP, 3),
       },
       "audio": {
-          "waveform": tfds.features.Tensor(shape=(None,), dtype=np.int16),
-          "features": tfds.features.Tensor(shape=(None, feature_dim), dtype=np.float16),
+          "waveform": tensor((None,), np.int16),
+          "features": tensor((None, feature_dim), np.float16),
       },
       "reference_frame": tfds.features.Tensor(shape=(), dtype=np.object_),  # JPEG bytes
   })
@@ -79,6 +81,12 @@ class PlaymateClips(tfds.core.GeneratorBasedBuilder):
                feature_dim: int = 0, audio_config: Mapping | None = None,
                stats_split: str = "train", **kwargs):
     self._splits = splits
+    metadata = os.path.join(version_dir(kwargs.get("data_dir") or ""), "metadata.json")
+    if not feature_dim and kwargs.get("data_dir") and os.path.isfile(metadata):
+      # Reading (e.g. tfds.data_source("playmate_clips", data_dir=...)): the schema's feature_dim is on disk.
+      with open(metadata) as f:
+        meta = json.load(f)
+      encoder_name, feature_dim, audio_config = meta["audio_encoder"], meta["feature_dim"], meta["audio_config"]
     self._encoder = dict(audio_encoder=encoder_name, feature_dim=int(feature_dim),
                          audio_config=dict(audio_config or {}))
     self._stats_split = stats_split

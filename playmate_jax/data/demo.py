@@ -15,7 +15,6 @@ import shutil
 import tempfile
 
 import cv2
-import jax
 import ml_collections
 import numpy as np
 from scipy import signal
@@ -26,7 +25,7 @@ from playmate_jax.motion import EXP_DIM, NUM_KP, mouth_opening
 
 SAMPLE_RATE, FPS = 16000, 25
 HOP = SAMPLE_RATE // FPS
-MOUTH_GAIN = 0.06           # mouth opening (keypoint units) of a syllable at full amplitude
+MOUTH_GAIN = 0.08           # mouth opening (keypoint units) of a syllable at full amplitude
 VOICE_LEVEL = 0.25          # waveform amplitude of the voiced carrier at envelope 1
 NOISE_LEVEL = 0.002         # noise floor
 EMOTIONS = 8
@@ -61,7 +60,7 @@ def _speakers(spec: DemoSpec) -> list[dict]:
     rng = np.random.default_rng([spec.seed, 1, s])
     out.append(dict(
         id=f"spk{s:02d}", f0=rng.uniform(95.0, 230.0), formants=rng.uniform([550, 1100], [850, 1900]),
-        kp=rng.normal(0.0, 0.15, (NUM_KP, 3)), exp_bias=rng.normal(0.0, 0.02, EXP_DIM),
+        kp=rng.normal(0.0, 0.15, (NUM_KP, 3)), exp_bias=rng.normal(0.0, 0.01, EXP_DIM),
         pose_mean=np.concatenate([rng.normal(0, [3.0, 5.0, 2.0]), rng.normal(0, 0.02, 2), [rng.uniform(1.3, 1.7)]]),
         pose_std=np.array([3.0, 4.0, 2.0, 0.01, 0.01, 0.01]) * rng.uniform(0.5, 1.5),
         color=rng.integers(40, 220, 3), skin=rng.integers(120, 230, 3)))
@@ -70,7 +69,7 @@ def _speakers(spec: DemoSpec) -> list[dict]:
 
 def emotion_offsets(seed: int) -> np.ndarray:
   """Expression offset [8, 63] per emotion (MEAD order); neutral (5) is zero."""
-  off = np.random.default_rng([seed, 2]).normal(0.0, 0.015, (EMOTIONS, EXP_DIM))
+  off = np.random.default_rng([seed, 2]).normal(0.0, 0.01, (EMOTIONS, EXP_DIM))
   off[5] = 0.0
   return off
 
@@ -123,8 +122,7 @@ def _reference_frame(spk: dict, opening: float) -> bytes:
 def _mouth_direction() -> tuple[np.ndarray, float]:
   """(w [63], b) with mouth_opening(exp) = exp.flatten() @ w + b (it is linear, by its contract)."""
   basis = np.concatenate([np.zeros((1, EXP_DIM)), np.eye(EXP_DIM)]).reshape(-1, NUM_KP, 3)
-  with jax.default_device(jax.devices("cpu")[0]):
-    values = np.asarray(mouth_opening(basis.astype(np.float32)), np.float64)
+  values = np.asarray(mouth_opening(basis.astype(np.float32)), np.float64)
   return values[1:] - values[0], float(values[0])
 
 
@@ -167,11 +165,16 @@ def demo_examples(spec: DemoSpec, split: str, encoder):
       yield ex
 
 
+# Bump when the generated data or its statistics change, so that stale caches are not reused.
+DEMO_VERSION = 2
+
+
 def demo_data_dir(config: ml_collections.ConfigDict) -> str:
-  """config.data.data_dir if set, else ~/.cache/playmate_jax/demo/<audio encoder name>."""
+  """config.data.data_dir if set, else ~/.cache/playmate_jax/demo/v<DEMO_VERSION>-<audio encoder name>."""
   if config.data.data_dir:
     return os.path.expanduser(config.data.data_dir)
-  return os.path.join(os.path.expanduser("~/.cache/playmate_jax/demo"), get_encoder(config.audio).name)
+  name = f"v{DEMO_VERSION}-{get_encoder(config.audio).name}"
+  return os.path.join(os.path.expanduser("~/.cache/playmate_jax/demo"), name)
 
 
 def ensure_demo_dataset(config: ml_collections.ConfigDict, spec: DemoSpec = DemoSpec()) -> str:

@@ -59,6 +59,7 @@ class DatasetStats:
   default_pose_std: np.ndarray         # [6]
   audio_mean: np.ndarray               # [D]
   audio_std: np.ndarray                # [D]
+  kp_mean: np.ndarray                  # [63] mean canonical keypoints: a neutral identity for sampling
   num_frames: int
 
   def pose(self, speaker_id: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -88,13 +89,14 @@ class StatsAccumulator:
   """Streams clips in; `finalize` returns their DatasetStats."""
 
   def __init__(self):
-    self._exp, self._audio, self._pose = _Moments(), _Moments(), {}
+    self._exp, self._audio, self._kp, self._pose = _Moments(), _Moments(), _Moments(), {}
 
   def add(self, speaker_id: str, motion: Mapping[str, np.ndarray], features: np.ndarray) -> None:
     v = motion_vector(motion)
     self._exp.add(v[:, :EXP_DIM])
     self._pose.setdefault(speaker_id, _Moments()).add(v[:, EXP_DIM:])
     self._audio.add(np.asarray(features, np.float32))
+    self._kp.add(np.asarray(motion["kp"], np.float32).reshape(-1, EXP_DIM))
 
   def finalize(self) -> DatasetStats:
     if not self._exp.n:
@@ -106,7 +108,8 @@ class StatsAccumulator:
         exp_mean=f32(self._exp.mean), exp_std=f32(self._exp.std()), pose_mean=means, pose_std=stds,
         default_pose_mean=f32(np.median(np.stack(list(means.values())), axis=0)),
         default_pose_std=f32(np.median(np.stack(list(stds.values())), axis=0)),
-        audio_mean=f32(self._audio.mean), audio_std=f32(self._audio.std()), num_frames=int(self._exp.n))
+        audio_mean=f32(self._audio.mean), audio_std=f32(self._audio.std()), kp_mean=f32(self._kp.mean),
+        num_frames=int(self._exp.n))
 
 
 def save_stats(stats: DatasetStats, path: str | os.PathLike) -> None:
@@ -134,4 +137,5 @@ def load_stats(path: str | os.PathLike) -> DatasetStats:
       pose_mean={k: arr(v) for k, v in r["pose_mean"].items()},
       pose_std={k: arr(v) for k, v in r["pose_std"].items()},
       default_pose_mean=arr(r["default_pose_mean"]), default_pose_std=arr(r["default_pose_std"]),
-      audio_mean=arr(r["audio_mean"]), audio_std=arr(r["audio_std"]), num_frames=int(r["num_frames"]))
+      audio_mean=arr(r["audio_mean"]), audio_std=arr(r["audio_std"]), kp_mean=arr(r["kp_mean"]),
+      num_frames=int(r["num_frames"]))

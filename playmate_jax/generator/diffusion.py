@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from playmate_jax.errors import UserError
-from playmate_jax.generator.dit import EXP_DIM
+from playmate_jax.motion import EXP_DIM
 
 
 def _cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:

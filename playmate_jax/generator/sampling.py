@@ -16,18 +16,26 @@ EpsFn = Callable[[jax.Array, jax.Array], jax.Array]   # (x_t [B,...], t [B] int3
 
 
 def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
-  """`steps` evenly spaced timesteps, descending from num_timesteps - 1 to 0 (int32)."""
+  """`steps` timesteps T/steps apart, descending to 0 (int32): DDIM's original "leading" spacing.
+
+  It starts at (steps - 1) * T / steps rather than at T - 1: at the very last timestep alpha_bar is ~0 and an
+  eps-prediction model's x0 estimate there is all error (measured on the demo: held-out mouth correlation 0.87
+  starting at T - 1, 0.96 with this spacing).
+  """
   if not 1 <= steps <= num_timesteps:
     raise UserError(f"config.sample.ddim_steps={steps} must be between 1 and "
                     f"config.diffusion.num_timesteps={num_timesteps}.")
-  return np.round(np.linspace(num_timesteps - 1, 0, steps)).astype(np.int32)
+  return (np.arange(steps)[::-1] * num_timesteps // steps).astype(np.int32)
 
 
 def ddim_sample(eps_fn: EpsFn, diffusion: Diffusion, x_T: jax.Array, key: jax.Array, timesteps: np.ndarray,
-                eta: float) -> jax.Array:
+                eta: float, clip_x0: float = 0.0) -> jax.Array:
   """DDIM (Song et al. 2021) from x_T through `timesteps` (descending) to the predicted x0; eta=0 deterministic.
 
-  The last step goes to alpha_bar = 1, so it returns the model's x0 estimate there (no clipping).
+  The last step goes to alpha_bar = 1, so it returns the model's x0 estimate there. With clip_x0 > 0 each step's x0
+  estimate is clipped to [-clip_x0, clip_x0] and eps re-derived from it. This matters at the noisiest steps: there
+  alpha_bar is tiny (about 2e-9 at the cosine schedule's last step), x0 = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)
+  multiplies the model's eps error by 1/sqrt(alpha_bar), and the unclipped error carries into every later step.
   """
   ts = jnp.asarray(timesteps, jnp.int32)
   ts_next = jnp.concatenate([ts[1:], jnp.array([-1], jnp.int32)])
@@ -39,6 +47,9 @@ def ddim_sample(eps_fn: EpsFn, diffusion: Diffusion, x_T: jax.Array, key: jax.Ar
     a_next = jnp.where(ts_next[i] >= 0, ab[jnp.maximum(ts_next[i], 0)], 1.0)
     eps = eps_fn(x, jnp.full((batch,), ts[i], jnp.int32)).astype(jnp.float32)
     x0 = (x - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
+    if clip_x0 > 0:
+      x0 = jnp.clip(x0, -clip_x0, clip_x0)
+      eps = (x - jnp.sqrt(a_t) * x0) / jnp.sqrt(1.0 - a_t)
     sigma = eta * jnp.sqrt((1.0 - a_next) / (1.0 - a_t) * (1.0 - a_t / a_next))
     noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
     direction = jnp.sqrt(jnp.maximum(1.0 - a_next - sigma ** 2, 0.0)) * eps
@@ -59,7 +70,8 @@ def guided_eps(model: Any, x: jax.Array, t: jax.Array, audio: jax.Array, prev: j
 
 
 def sample_window(model: Any, diffusion: Diffusion, audio: jax.Array, prev: jax.Array, identity: jax.Array,
-                  key: jax.Array, w_audio: jax.Array | None, timesteps: np.ndarray, eta: float) -> jax.Array:
+                  key: jax.Array, w_audio: jax.Array | None, timesteps: np.ndarray, eta: float,
+                  clip_x0: float = 0.0) -> jax.Array:
   """x0 [B, L, 69] for one window by DDIM; w_audio None samples the conditional model alone (no CFG)."""
   b, l = audio.shape[0], audio.shape[1] - 2 * model.audio_context
   k_init, k_steps = jax.random.split(key)
@@ -69,7 +81,7 @@ def sample_window(model: Any, diffusion: Diffusion, audio: jax.Array, prev: jax.
     eps_fn = lambda x, t: model(x, t, audio, keep, prev, identity)
   else:
     eps_fn = lambda x, t: guided_eps(model, x, t, audio, prev, identity, w_audio)
-  return ddim_sample(eps_fn, diffusion, x_T, k_steps, timesteps, eta)
+  return ddim_sample(eps_fn, diffusion, x_T, k_steps, timesteps, eta, clip_x0)
 
 
 class WindowSampler:
@@ -84,6 +96,7 @@ class WindowSampler:
     self.diffusion = diffusion
     self.timesteps = ddim_timesteps(diffusion.num_timesteps, config.sample.ddim_steps)
     self.eta = float(config.sample.eta)
+    self.clip_x0 = float(config.sample.clip_x0)
     if self.eta < 0:
       raise UserError(f"config.sample.eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like).")
     self.num_traces = 0
@@ -92,7 +105,8 @@ class WindowSampler:
   def _sample(self, params, audio, prev, identity, key, w_audio):
     self.num_traces += 1
     model = nnx.merge(self.graphdef, params)
-    return sample_window(model, self.diffusion, audio, prev, identity, key, w_audio, self.timesteps, self.eta)
+    return sample_window(model, self.diffusion, audio, prev, identity, key, w_audio, self.timesteps, self.eta,
+                         self.clip_x0)
 
   def __call__(self, params: Any, audio: Any, prev: Any, identity: Any, key: jax.Array,
                w_audio: float | jax.Array) -> jax.Array:

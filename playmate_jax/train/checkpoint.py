@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -71,15 +71,27 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(path: str, *, ema: bool = True) -> tuple[dict, ml_collections.ConfigDict, int]:
-  """(params, config, step) from a workdir (its newest readable checkpoint) or from one checkpoint folder.
+STATS_FILE = "dataset_stats.json"  # the training data's normalization statistics, copied into the workdir
 
-  Used by sampling and by stage 2; needs no data iterator and no optimizer. EMA weights by default.
+
+class Run(NamedTuple):
+  params: Any                         # EMA weights unless asked otherwise
+  config: ml_collections.ConfigDict
+  step: int
+  workdir: str
+  stats: Any                          # playmate_jax.data.DatasetStats of the training data
+
+
+def restore_run(path: str, *, ema: bool = True) -> Run:
+  """A trained model from a workdir (its newest readable checkpoint) or from one checkpoints/<step> folder.
+
+  Used by sampling and by stage 2; needs no data iterator, no optimizer and no dataset.
   """
+  from playmate_jax.data import read_stats_file
+
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  candidates: list[str]
   if os.path.isdir(os.path.join(path, "state")):
     candidates = [path]
   elif os.path.isdir(path):
@@ -89,15 +101,16 @@ def restore_params(path: str, *, ema: bool = True) -> tuple[dict, ml_collections
     raise UserError(f"Checkpoint {path} does not exist; pass a training workdir or one of its checkpoints/<step> folders.")
   if not candidates:
     raise UserError(f"No checkpoint found in {path}; train first with launch.py or pass another workdir.")
-  key = "ema_params" if ema else "params"
   for candidate in candidates:
     try:
       with open(os.path.join(candidate, "config", "metadata")) as f:
         config = ml_collections.ConfigDict(json.load(f))
       tree = ocp.StandardCheckpointer().restore(os.path.join(candidate, "state"))
-    except Exception as e:
+    except Exception as e:  # a damaged checkpoint: any error from Orbax, TensorStore or the file system
       log.warning("Checkpoint %s is unreadable (%s); trying the previous one.", candidate, type(e).__name__)
       continue
-    params = jax.tree.map(lambda x: x, tree[key])
-    return params, config, int(tree["step"])
-  raise UserError(f"No readable checkpoint in {path}; every candidate failed to load (see warnings above).")
+    workdir = os.path.dirname(os.path.dirname(candidate))
+    stats = read_stats_file(os.path.join(workdir, STATS_FILE))
+    config.lock()
+    return Run(tree["ema_params" if ema else "params"], config, int(tree["step"]), workdir, stats)
+  raise UserError(f"No readable checkpoint in {path}; every candidate failed to load (see the warnings above).")

@@ -154,6 +154,7 @@ class Trainer:
     if self.is_main:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(configlib.to_json(self.config))
+      data.save_stats(data.load_stats(self.config), os.path.join(self.workdir, ckpt_lib.STATS_FILE))
       log.info("Model: %s parameters; %d devices over %d processes.",
                f"{state_lib.num_params(state['params']):,}", jax.device_count(), jax.process_count())
     previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -183,6 +184,8 @@ class Trainer:
           t_last = time.perf_counter()
     finally:
       bar.close()
+      if hasattr(self.data_iter, "close"):
+        self.data_iter.close()
       for s, handler in previous.items():
         signal.signal(s, handler)
       self.checkpointer.close()

@@ -1,0 +1,204 @@
+"""Grain input pipelines over `playmate_clips`: training windows and evaluation clips.
+
+Training (per process): this process's share of the clips (record i goes to process i % process_count),
+shuffled anew each epoch, repeated forever; each element is one random window of L frames of one clip
+(one window per clip per epoch), normalized; batched. Clips shorter than L frames are skipped (the batch
+has no padding mask); `load_dataset_info` reports how many. Deterministic from config.data.shuffle_seed
+for a given process_count; the iterator's get_state()/set_state() (JSON-serialisable dicts) resume exactly,
+and grain.checkpoint.CheckpointSave/CheckpointRestore save it with Orbax.
+"""
+
+from collections.abc import Sequence
+import dataclasses
+import json
+import os
+from typing import Any
+
+from absl import flags
+import grain
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from playmate_jax.audio import get_encoder
+from playmate_jax.data import builder, demo
+from playmate_jax.data import stats as stats_lib
+from playmate_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedDataset:
+  """A dataset checked against the config: its folder, metadata, statistics and clip index."""
+  data_dir: str
+  path: str
+  metadata: dict
+  stats: stats_lib.DatasetStats
+  clips: dict[str, list[dict]]
+
+  def source(self, split: str):
+    """Random-access records of a split (tfds.data_source: numpy, no TensorFlow)."""
+    return tfds.builder_from_directory(self.path).as_data_source(split=split)
+
+
+def data_dir(config: ml_collections.ConfigDict) -> str:
+  """The TFDS data_dir for config.data (generating the demo dataset if config.data.name == 'demo')."""
+  name = config.data.name
+  if name == "demo":
+    return demo.ensure_demo_dataset(config)
+  if name != builder.NAME:
+    raise UserError(f"config.data.name = {name!r} is unknown; use 'playmate_clips' (with config.data.data_dir) "
+                    "or 'demo'.")
+  if not config.data.data_dir:
+    raise UserError("config.data.data_dir is empty; set it to the folder that the preprocessing pipeline wrote "
+                    "(it holds playmate_clips/1.0.0), or use --config.data.name=demo.")
+  return os.path.expanduser(config.data.data_dir)
+
+
+def _open(root: str, encoder_name: str) -> OpenedDataset:
+  path = builder.version_dir(root)
+  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+    raise UserError(f"No playmate_clips dataset in {root} (expected {path}); run the preprocessing pipeline "
+                    "to write one there, fix config.data.data_dir, or use --config.data.name=demo.")
+  with open(os.path.join(path, "metadata.json")) as f:
+    metadata = json.load(f)
+  if metadata.get("audio_encoder") != encoder_name:
+    raise UserError(f"Dataset {path} holds audio features of encoder {metadata.get('audio_encoder')!r} but "
+                    f"config.audio gives {encoder_name!r}; set config.audio to the dataset's settings "
+                    f"({metadata.get('audio_config')}) or rewrite the dataset with this config.")
+  clips_path = os.path.join(path, builder.CLIPS_FILE)
+  if not os.path.isfile(clips_path):
+    raise UserError(f"Clip index {clips_path} is missing; rewrite the dataset with the preprocessing pipeline.")
+  with open(clips_path) as f:
+    clips = json.load(f)
+  stats = stats_lib.load_stats(os.path.join(path, stats_lib.STATS_FILE))
+  return OpenedDataset(data_dir=root, path=path, metadata=metadata, stats=stats, clips=clips)
+
+
+def open_dataset(config: ml_collections.ConfigDict, split: str | None = None) -> OpenedDataset:
+  """The configured dataset, checked (exists, same audio encoder as config.audio, has `split`)."""
+  ds = _open(data_dir(config), get_encoder(config.audio).name)
+  if split is not None and split not in ds.clips:
+    raise UserError(f"Dataset {ds.path} has no split {split!r} (it has {sorted(ds.clips)}); fix "
+                    "config.data.train_split / config.data.eval_split.")
+  return ds
+
+
+def load_dataset_info(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """audio_encoder, feature_dim, num_speakers (with statistics), speakers, splits (clips each), paths."""
+  ds = open_dataset(config)
+  window = config.data.window
+  return dict(
+      data_dir=ds.data_dir, path=ds.path, audio_encoder=ds.metadata["audio_encoder"],
+      feature_dim=int(ds.metadata["feature_dim"]), audio_config=ds.metadata.get("audio_config", {}),
+      num_speakers=len(ds.stats.pose_mean), speakers=sorted(ds.stats.pose_mean),
+      splits={k: len(v) for k, v in ds.clips.items()},
+      frames={k: sum(c["num_frames"] for c in v) for k, v in ds.clips.items()},
+      clips_shorter_than_window={k: sum(c["num_frames"] < window for c in v) for k, v in ds.clips.items()})
+
+
+class _Records:
+  """Random access to chosen records of a split (picklable, for Grain worker processes)."""
+
+  def __init__(self, source, indices: Sequence[int]):
+    self._source, self._indices = source, list(indices)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int) -> dict:
+    return self._source[self._indices[i]]
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSampler(grain.transforms.RandomMap):
+  """One random training window of a decoded clip (window start and source frame uniform)."""
+  stats: stats_lib.DatasetStats
+  window: int
+  prev_frames: int
+  audio_context: int
+
+  def random_map(self, ex: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    n, L, K, c = int(ex["num_frames"]), self.window, self.prev_frames, self.audio_context
+    speaker = ex["speaker_id"].decode()
+    start, src = int(rng.integers(0, n - L + 1)), int(rng.integers(0, n))
+    m = ex["motion"]
+    rows = np.arange(start - K, start + L)
+    rows = np.where(rows >= 0, rows, src)  # before the clip start: the source frame, as at inference
+    take = lambda a: np.asarray(a)[np.concatenate([rows, [src]])]
+    v = self.stats.normalize_motion(stats_lib.motion_vector({k: take(m[k]) for k in builder.MOTION_KEYS
+                                                              if k != "kp"}), speaker)
+    audio = np.zeros((L + 2 * c, self.stats.audio_mean.shape[0]), np.float32)
+    lo, hi = max(start - c, 0), min(start + L + c, n)
+    audio[lo - (start - c):hi - (start - c)] = self.stats.normalize_audio(ex["audio"]["features"][lo:hi])
+    identity = np.concatenate([v[-1], np.asarray(m["kp"][src], np.float32).reshape(-1)])
+    return dict(motion=v[K:K + L], prev_motion=v[:K], audio=audio, identity=identity,
+                emotion=np.int32(ex["emotion"]))
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
+                        process_count: int = 1) -> grain.DatasetIterator:
+  """Iterator of this process's batches (dicts of numpy arrays; keys and shapes in the module docs).
+
+  Batch: motion [B, L, 69], prev_motion [B, K, 69], audio [B, L + 2c, D], identity [B, 132], emotion [B],
+  B = config.data.batch_size // process_count.
+  """
+  d = config.data
+  if d.batch_size % process_count:
+    raise UserError(f"config.data.batch_size ({d.batch_size}) must be divisible by the number of processes "
+                    f"({process_count}); change config.data.batch_size.")
+  if d.window < 1 or d.prev_frames < 0 or d.audio_context < 0:
+    raise UserError("config.data.window must be >= 1 and config.data.prev_frames, config.data.audio_context "
+                    ">= 0; fix them in the config.")
+  ds = open_dataset(config, d.train_split)
+  usable = [i for i, clip in enumerate(ds.clips[d.train_split]) if clip["num_frames"] >= d.window]
+  if len(usable) < process_count:
+    raise UserError(f"Split {d.train_split!r} of {ds.path} has {len(usable)} clips of at least "
+                    f"config.data.window = {d.window} frames, fewer than the {process_count} processes; "
+                    "lower config.data.window or add clips.")
+  records = _Records(ds.source(d.train_split), usable[process_index::process_count])
+  seed = int(np.random.SeedSequence([d.shuffle_seed, process_index]).generate_state(1)[0])
+  sampler = WindowSampler(ds.stats, d.window, d.prev_frames, d.audio_context)
+  pipeline = grain.MapDataset.source(records).seed(seed).shuffle().repeat().random_map(sampler)
+  pipeline = pipeline.to_iter_dataset().batch(d.batch_size // process_count, drop_remainder=True)
+  if d.worker_count > 0:
+    if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags (defaults unless an app parsed them)
+      flags.FLAGS.mark_as_parsed()
+    pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=d.worker_count, per_worker_buffer_size=d.worker_buffer_size))
+  return iter(pipeline)
+
+
+def load_eval_clips(config: ml_collections.ConfigDict, split: str | None = None, num_clips: int | None = None,
+                    max_frames: int | None = None) -> list[dict[str, Any]]:
+  """The first num_clips clips of the split (record order), each cut to its first max_frames frames.
+
+  Each: clip_id, speaker_id, emotion, num_frames, audio [T, D] and motion [T, 69] normalized, identity [132]
+  (source = frame 0), stats (MotionStats of the speaker, for denormalize_motion), kp [21, 3] (frame 0),
+  waveform float32 [T * 640] (16 kHz) and reference_frame (JPEG bytes). Defaults from config.data/config.eval.
+  """
+  split = split or config.data.eval_split
+  num_clips = config.eval.num_clips if num_clips is None else num_clips
+  max_frames = config.eval.max_frames if max_frames is None else max_frames
+  ds = open_dataset(config, split)
+  source = ds.source(split)
+  hop = int(config.audio.sample_rate) // int(config.audio.fps)
+  clips = []
+  for i in range(min(num_clips, len(source))):
+    ex = source[i]
+    n = min(int(ex["num_frames"]), max_frames)
+    speaker = ex["speaker_id"].decode()
+    m = {k: np.asarray(v)[:n] for k, v in ex["motion"].items()}
+    v = ds.stats.normalize_motion(stats_lib.motion_vector(m), speaker)
+    clips.append(dict(
+        clip_id=ex["clip_id"].decode(), speaker_id=speaker, emotion=int(ex["emotion"]), num_frames=n,
+        audio=ds.stats.normalize_audio(ex["audio"]["features"][:n]), motion=v,
+        identity=np.concatenate([v[0], m["kp"][0].reshape(-1)]).astype(np.float32),
+        stats=ds.stats.motion_stats(speaker), kp=np.array(m["kp"][0], np.float32),
+        waveform=ex["audio"]["waveform"][:n * hop].astype(np.float32) / 32768.0,
+        reference_frame=ex["reference_frame"]))
+  return clips
+
+
+def load_stats(config: ml_collections.ConfigDict) -> stats_lib.DatasetStats:
+  """The configured dataset's normalization statistics (`.motion_stats(speaker_id)` gives MotionStats)."""
+  return open_dataset(config).stats
