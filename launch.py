@@ -10,10 +10,9 @@ own --process_id, or pass --distributed under a cluster manager JAX detects by i
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from playmate_jax.errors import UserError
+from playmate_jax import cli
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
@@ -37,10 +36,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
 
 def main(argv: list[str]) -> int:
   args, overrides = parse_args(argv)
-  logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "jax._src", "orbax", "grain"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  try:
+  cli.setup_logging(args.log_level)
+
+  def train():
     import jax
     if args.coordinator_address or args.distributed:
       jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -48,10 +46,8 @@ def main(argv: list[str]) -> int:
     from playmate_jax.train.trainer import Trainer
     config = configlib.apply_overrides(configlib.load_config(args.config), overrides)
     Trainer(config, args.workdir).run()
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+
+  return cli.run(train)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from playmate_jax import cli  # noqa: E402
 from playmate_jax.errors import UserError  # noqa: E402
 
 MOTION_KEYS = ("exp", "pitch", "yaw", "roll", "t", "scale", "kp")
@@ -92,15 +93,15 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   out = args.out or os.path.splitext(args.audio)[0] + ".motion.npz"
-  try:
+  cli.setup_logging()
+
+  def sample():
     fields = generate(args.checkpoint, args.audio, source_path=args.source, seed=args.seed, w_audio=args.w_audio,
                       ddim_steps=args.ddim_steps)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  np.savez(out, fps=np.int32(25), **fields)
-  print(f"wrote {len(fields['exp'])} frames ({len(fields['exp']) / 25:.1f} s) of motion to {out}")
-  return 0
+    np.savez(out, fps=np.int32(25), **fields)
+    print(f"wrote {len(fields['exp'])} frames ({len(fields['exp']) / 25:.1f} s) of motion to {out}")
+
+  return cli.run(sample)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,19 @@ def test_corrupt_file(tmp_path):
     load_audio(path)
   assert "could not be decoded" in str(e.value)
   assert len(str(e.value).splitlines()) == 1
+
+
+def test_mel_chunking_is_exact():
+  """Long audio is analysed in chunks; the rows equal those of one whole-signal STFT."""
+  import librosa
+  from playmate_jax.audio import mel as mel_lib
+  cfg = get_config("tiny").audio
+  enc = mel_lib.LogMelEncoder(cfg)
+  wave = np.random.default_rng(0).standard_normal(640 * (2 * mel_lib.CHUNK_FRAMES + 37) - 100).astype(np.float32)
+  chunked = enc.encode(wave)
+  left = enc.n_fft // 2 - enc.hop // 2
+  frames = len(chunked)
+  padded = np.pad(wave, (left, (frames - 1) * enc.hop + enc.n_fft - left - len(wave)))
+  whole = np.log(enc._filters @ np.abs(librosa.stft(padded, n_fft=enc.n_fft, hop_length=enc.hop, center=False)) ** 2
+                 + mel_lib.LOG_OFFSET).T
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-4)

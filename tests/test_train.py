@@ -169,7 +169,7 @@ def _free_port():
 
 
 def test_two_processes_train_and_checkpoint(tmp_path):
-  """2 processes x 4 CPU devices through jax.distributed on loopback: trains, checkpoints, resumes."""
+  """2 processes x 4 CPU devices through jax.distributed on loopback: trains and checkpoints (each its iterator)."""
   address = f"127.0.0.1:{_free_port()}"
   args = ["--config.train.num_steps=6", "--config.train.ckpt_every=3", "--config.train.eval_every=1000",
           f"--coordinator_address={address}", "--num_processes=2"]
@@ -178,6 +178,6 @@ def test_two_processes_train_and_checkpoint(tmp_path):
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
   data_dir = tmp_path / "checkpoints" / "6" / "data"
-  assert sorted(os.listdir(data_dir)) == ["process_0-of-2.json", "process_1-of-2.json"]
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
   params, step = final_params(tmp_path)
   assert step == 6 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

@@ -42,7 +42,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
   data, rate = _decode(path)
   if data.size == 0:
     raise UserError(f"Audio file {path} contains no audio samples; give a file that contains speech.")
-  wave = data.mean(axis=0)
+  wave = data[0] if len(data) == 1 else data.mean(axis=0, dtype=np.float32)  # no copy for mono
+  del data
   if rate != sample_rate:
-    wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
-  return np.clip(wave, -1.0, 1.0).astype(np.float32)
+    wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq").astype(np.float32)
+  return np.clip(wave, -1.0, 1.0, out=wave)

@@ -8,6 +8,7 @@ from playmate_jax.audio.io import num_frames
 from playmate_jax.errors import UserError
 
 LOG_OFFSET = 1e-5  # features are ln(mel power + 1e-5): digital silence gives ln(1e-5) = -11.51
+CHUNK_FRAMES = 1500  # frames analysed at a time (60 s at 25 fps): memory stays flat for any length
 
 
 class LogMelEncoder:
@@ -47,6 +48,10 @@ class LogMelEncoder:
     left = self.n_fft // 2 - self.hop // 2  # puts window centres at i * hop + hop / 2
     right = (frames - 1) * self.hop + self.n_fft - left - len(wave)
     wave = np.pad(wave, (left, right))
-    spec = librosa.stft(wave, n_fft=self.n_fft, hop_length=self.hop, center=False)
-    mel = self._filters @ (np.abs(spec) ** 2)
-    return np.log(mel + LOG_OFFSET).T[:frames].astype(np.float32)
+    out = np.empty((frames, self.n_mels), np.float32)
+    for start in range(0, frames, CHUNK_FRAMES):  # each row needs only its own n_fft samples: chunks are exact
+      stop = min(start + CHUNK_FRAMES, frames)
+      piece = wave[start * self.hop:(stop - 1) * self.hop + self.n_fft]
+      spec = librosa.stft(piece, n_fft=self.n_fft, hop_length=self.hop, center=False)
+      out[start:stop] = np.log(self._filters @ (np.abs(spec) ** 2) + LOG_OFFSET).T
+    return out

@@ -71,6 +71,15 @@ class Checkpointer:
     self.manager.close()
 
 
+def _restore_on_one_device(state_dir: str):
+  """The saved train state on this process's first device, whatever mesh and process count wrote it."""
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(state_dir).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+  return checkpointer.restore(state_dir, target)
+
+
 STATS_FILE = "dataset_stats.json"  # the training data's normalization statistics, copied into the workdir
 
 
@@ -105,9 +114,10 @@ def restore_run(path: str, *, ema: bool = True) -> Run:
     try:
       with open(os.path.join(candidate, "config", "metadata")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-      tree = ocp.StandardCheckpointer().restore(os.path.join(candidate, "state"))
+      tree = _restore_on_one_device(os.path.join(candidate, "state"))
     except Exception as e:  # a damaged checkpoint: any error from Orbax, TensorStore or the file system
-      log.warning("Checkpoint %s is unreadable (%s); trying the previous one.", candidate, type(e).__name__)
+      log.warning("Checkpoint %s is unreadable (%s: %s); trying the previous one.", candidate, type(e).__name__,
+                  str(e).splitlines()[0][:200] if str(e) else "")
       continue
     workdir = os.path.dirname(os.path.dirname(candidate))
     stats = read_stats_file(os.path.join(workdir, STATS_FILE))

@@ -36,7 +36,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = optax.incremental_update(params, state["ema_params"], 1.0 - ema_decay)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema_params": ema}
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
