@@ -15,7 +15,7 @@ import sys
 from playmate_jax import cli
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="configs/NAME.py or configs/NAME.py:variant")
   parser.add_argument("--workdir", required=True, help="checkpoints, metrics and plots go here; reruns resume")
@@ -24,14 +24,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
   parser.add_argument("--log_level", default="INFO")
-  args, rest = parser.parse_known_args(argv)
-  overrides = {}
-  for item in rest:
-    key, eq, value = item.partition("=")
-    if not key.startswith("--config.") or not eq:
-      parser.error(f"unrecognized argument {item!r}; overrides look like --config.train.num_steps=1000")
-    overrides[key[len("--config."):]] = value
-  return args, overrides
+  return parser.parse_known_args(argv)  # the rest: --config.KEY=VALUE overrides
 
 
 def main(argv: list[str]) -> int:
@@ -44,7 +37,7 @@ def main(argv: list[str]) -> int:
       jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     from playmate_jax import configlib
     from playmate_jax.train.trainer import Trainer
-    config = configlib.apply_overrides(configlib.load_config(args.config), overrides)
+    config = configlib.apply_overrides(configlib.load_config(args.config), configlib.parse_overrides(overrides))
     Trainer(config, args.workdir).run()
 
   return cli.run(train)

@@ -58,6 +58,17 @@ def _coerce(key: str, text: str, current):
   raise UserError(f"Config key {key} cannot be set from the command line.")
 
 
+def parse_overrides(args: list[str]) -> dict[str, str]:
+  """["--config.train.num_steps=5", ...] -> {"train.num_steps": "5"}; anything else is a UserError."""
+  overrides = {}
+  for item in args:
+    key, eq, value = item.partition("=")
+    if not key.startswith("--config.") or not eq:
+      raise UserError(f"Unrecognized argument {item!r}; config overrides look like --config.train.num_steps=1000.")
+    overrides[key[len("--config."):]] = value
+  return overrides
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
   """Sets each dotted key (e.g. "train.num_steps") to its value; an unknown key is a UserError."""
   for key, text in overrides.items():

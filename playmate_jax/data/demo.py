@@ -9,7 +9,10 @@ offset + slow noise; head pose is a smooth per-speaker random walk. Deterministi
 downloads; built in a temporary folder and renamed into place, so concurrent callers are safe.
 """
 
+import contextlib
 import dataclasses
+import io
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +25,8 @@ from scipy import signal
 from playmate_jax.audio import get_encoder
 from playmate_jax.data import builder
 from playmate_jax.motion import EXP_DIM, NUM_KP, mouth_opening
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE, FPS = 16000, 25
 HOP = SAMPLE_RATE // FPS
@@ -186,10 +191,15 @@ def ensure_demo_dataset(config: ml_collections.ConfigDict, spec: DemoSpec = Demo
   encoder = get_encoder(config.audio)
   os.makedirs(os.path.dirname(final), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".demo-incomplete-", dir=data_dir)
+  log.info("Generating the demo dataset in %s (first use only; a few seconds).", data_dir)
   try:
+    import tensorflow_datasets as tfds
     splits = {s: demo_examples(spec, s, encoder) for s in ("train", "test")}
-    written = builder.write_dataset(tmp, splits, encoder_name=encoder.name, feature_dim=encoder.feature_dim,
-                                    audio_config=config.audio.to_dict(), num_shards=2)
+    tfds.disable_progress_bar()  # TFDS's "downloading ... shuffling" bars say nothing true about generated data
+    with contextlib.redirect_stdout(io.StringIO()):
+      written = builder.write_dataset(tmp, splits, encoder_name=encoder.name, feature_dim=encoder.feature_dim,
+                                      audio_config=config.audio.to_dict(), num_shards=2)
+    tfds.enable_progress_bar()
     try:
       os.rename(written, final)
     except OSError:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
@@ -40,6 +41,30 @@ def model_factory(config: ml_collections.ConfigDict, audio_dim: int):
       config.model, audio_dim=audio_dim, audio_context=config.data.audio_context, rngs=rngs)
 
 
+class Components(NamedTuple):
+  """What a training step needs, built from the config alone (no dataset): shared by the trainer and benchmarks."""
+  model_fn: Callable
+  graphdef: Any
+  diffusion: Any
+  tx: Any
+  lr_schedule: Any
+  train_step: Callable        # jitted (state, batch, key) -> (state, metrics)
+
+
+def build_components(config: ml_collections.ConfigDict, mesh, audio_dim: int) -> Components:
+  model_fn = model_factory(config, audio_dim)
+  diffusion = generator.Diffusion.from_config(config.diffusion)
+  tx = state_lib.make_optimizer(config)
+  lr_schedule = state_lib.learning_rate_schedule(config.optim, config.train.num_steps)
+  graphdef = state_lib.model_graphdef(model_fn)
+
+  def loss_fn(model, batch, key):
+    return generator.training_loss(model, batch, key, diffusion, config.model)
+
+  train_step = step_lib.make_train_step(graphdef, loss_fn, tx, config, mesh, lr_schedule)
+  return Components(model_fn, graphdef, diffusion, tx, lr_schedule, train_step)
+
+
 def to_host(tree):
   """A replicated global pytree -> numpy on this host (evaluation runs per process, on local devices)."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
@@ -65,19 +90,11 @@ class Trainer:
     os.makedirs(self.workdir, exist_ok=True)
 
     info = data.load_dataset_info(config)
-    self.model_fn = model_factory(config, info["feature_dim"])
-    self.diffusion = generator.Diffusion.from_config(config.diffusion)
-    self.tx = state_lib.make_optimizer(config)
-    self.lr_schedule = state_lib.learning_rate_schedule(config.optim, config.train.num_steps)
-    self.graphdef = state_lib.model_graphdef(self.model_fn)
+    parts = build_components(config, self.mesh, info["feature_dim"])
+    self.model_fn, self.graphdef, self.diffusion, self.tx, self.lr_schedule, self.train_step = parts
 
     root = jax.random.key(config.seed)
     self.init_key, self.step_key, self.eval_key = (jax.random.fold_in(root, i) for i in range(3))
-
-    def loss_fn(model, batch, key):
-      return generator.training_loss(model, batch, key, self.diffusion, config.model)
-
-    self.train_step = step_lib.make_train_step(self.graphdef, loss_fn, self.tx, config, self.mesh, self.lr_schedule)
     self.sample_window = generator.make_window_sampler(self.graphdef, self.diffusion, config)
     self.data_iter = data.make_train_iterator(config, jax.process_index(), jax.process_count())
     self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config.train.keep_checkpoints)
