@@ -100,7 +100,6 @@ def _envelope(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]
 
 def _voice(rng: np.random.Generator, spk: dict, frames: int) -> np.ndarray:
   """Unit-RMS voiced carrier [frames * HOP]: sawtooth at a wandering pitch through two formants."""
-  n = frames * HOP
   wander = np.repeat(0.08 * _ou(rng, frames, 1, 0.95)[:, 0], HOP)
   f0 = spk["f0"] * np.exp(wander)
   saw = 2.0 * (np.cumsum(f0 / SAMPLE_RATE) % 1.0) - 1.0
