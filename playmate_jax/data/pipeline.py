@@ -110,7 +110,7 @@ class _Records:
 
 
 @dataclasses.dataclass(frozen=True)
-class WindowSampler(grain.transforms.RandomMap):
+class RandomWindow(grain.transforms.RandomMap):
   """One random training window of a decoded clip (window start and source frame uniform)."""
   stats: stats_lib.DatasetStats
   window: int
@@ -157,7 +157,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 
                     "lower config.data.window or add clips.")
   records = _Records(ds.source(d.train_split), usable[process_index::process_count])
   seed = int(np.random.SeedSequence([d.shuffle_seed, process_index]).generate_state(1)[0])
-  sampler = WindowSampler(ds.stats, d.window, d.prev_frames, d.audio_context)
+  sampler = RandomWindow(ds.stats, d.window, d.prev_frames, d.audio_context)
   pipeline = grain.MapDataset.source(records).seed(seed).shuffle().repeat().random_map(sampler)
   pipeline = pipeline.to_iter_dataset().batch(d.batch_size // process_count, drop_remainder=True)
   if d.worker_count > 0:
