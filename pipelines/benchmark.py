@@ -23,23 +23,18 @@ from playmate_jax import cli  # noqa: E402
 
 
 def random_batch(config, audio_dim: int, rng):
-  """This process's share of a batch of the config's shapes (random values: the step's cost does not depend on them)."""
+  """This process's share of a batch of the pipeline's shapes (random values: the step's cost does not depend on them)."""
   import jax
-  import numpy as np
-  from playmate_jax.generator.dit import IDENTITY_DIM
-  from playmate_jax.motion import MOTION_DIM
-  d = config.data
-  b = d.batch_size // jax.process_count()
-  f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
-  return {"motion": f32(b, d.window, MOTION_DIM), "prev_motion": f32(b, d.prev_frames, MOTION_DIM),
-          "audio": f32(b, d.window + 2 * d.audio_context, audio_dim), "identity": f32(b, IDENTITY_DIM),
-          "emotion": rng.integers(-1, 8, (b,)).astype(np.int32)}
+  from playmate_jax import data
+  spec = data.batch_spec(config, audio_dim, jax.process_count())
+  return {k: (rng.integers(-1, 8, shape) if dtype.kind == "i" else rng.standard_normal(shape)).astype(dtype)
+          for k, (shape, dtype) in spec.items()}
 
 
 def bench_train(config, steps: int) -> dict:
   import jax
   import numpy as np
-  from playmate_jax import audio, configlib
+  from playmate_jax import audio, configlib, generator
   from playmate_jax.train import mesh as mesh_lib
   from playmate_jax.train import state as state_lib
   from playmate_jax.train.trainer import build_components
@@ -74,7 +69,7 @@ def bench_train(config, steps: int) -> dict:
   return {
       "device": jax.devices()[0].device_kind, "num_devices": mesh.size, "batch_size": config.data.batch_size,
       "window": config.data.window, "prev_frames": config.data.prev_frames, "dtype": config.model.dtype,
-      "params": state_lib.num_params(state["params"]), "compile_s": compile_s, "step_ms_median": 1e3 * median,
+      "params": generator.count_params(state["params"]), "compile_s": compile_s, "step_ms_median": 1e3 * median,
       "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
       "step_ms_iqr": 1e3 * (np.percentile(times, 75) - np.percentile(times, 25)),
       "samples_per_s": config.data.batch_size / median, "steps_per_s": 1.0 / median,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
 import os
 
 import ml_collections
@@ -118,17 +117,3 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
 
 def to_json(config: ml_collections.ConfigDict) -> str:
   return config.to_json_best_effort(indent=2, sort_keys=True)
-
-
-def from_json(path: str) -> ml_collections.ConfigDict:
-  """The config a run saved beside its checkpoints."""
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except FileNotFoundError:
-    raise UserError(f"{path} does not exist; point to a workdir written by launch.py.") from None
-  except json.JSONDecodeError:
-    raise UserError(f"{path} is not valid JSON; restore it from a copy or rerun training.") from None
-  config = ml_collections.ConfigDict(data)
-  config.lock()
-  return config

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import grain
 import jax
@@ -21,50 +21,49 @@ from playmate_jax import configlib
 from playmate_jax.errors import UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+def _first_readable(candidates: list[str], load: Callable[[str], T]) -> T | None:
+  """load(candidate) for the first candidate (newest first) that loads; a damaged one is skipped with a warning."""
+  for candidate in candidates:
+    try:
+      return load(candidate)
+    except Exception as e:  # a damaged checkpoint: any error from Orbax, TensorStore or the file system
+      first_line = str(e).splitlines()[0][:200] if str(e) else ""
+      log.warning("Checkpoint %s is unreadable (%s: %s); trying the previous one.", candidate, type(e).__name__,
+                  first_line)
+  return None
 
 
 class Checkpointer:
   """Saves and restores {'state', 'data', 'config'} under `workdir/checkpoints/<step>`."""
 
-  def __init__(self, workdir: str, keep: int, *, with_data: bool = True):
-    self.directory = checkpoint_dir(workdir)
-    self.with_data = with_data
-    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
-    if with_data:
-      handlers["data"] = grain.checkpoint.CheckpointHandler()
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler()}
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
         item_handlers=handlers)
 
   def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict) -> None:
-    args = {"state": ocp.args.StandardSave(state),
-            "config": ocp.args.JsonSave(json.loads(configlib.to_json(config)))}
-    if self.with_data:
-      args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              config=ocp.args.JsonSave(json.loads(configlib.to_json(config))),
+                              data=grain.checkpoint.CheckpointSave(data_iterator))
+    self.manager.save(step, args=args, force=True)
 
   def restore_latest(self, abstract_state, data_iterator) -> tuple[int, Any] | None:
     """(step, state) of the newest readable checkpoint, the iterator restored in place; None if there is none."""
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      args = {"state": ocp.args.StandardRestore(abstract_state)}
-      if self.with_data:
-        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-      except Exception as e:  # a damaged checkpoint: any error from Orbax, TensorStore or the file system
-        log.warning("Checkpoint %s/%d is unreadable (%s: %s); trying the previous one.",
-                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
-        continue
-      return step, restored["state"]
-    return None
+    def load(candidate: str):
+      step = int(os.path.basename(candidate))
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                data=grain.checkpoint.CheckpointRestore(data_iterator))
+      return step, self.manager.restore(step, args=args)["state"]
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    return _first_readable([os.path.join(self.directory, str(s)) for s in steps], load)
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -110,17 +109,16 @@ def restore_run(path: str, *, ema: bool = True) -> Run:
     raise UserError(f"Checkpoint {path} does not exist; pass a training workdir or one of its checkpoints/<step> folders.")
   if not candidates:
     raise UserError(f"No checkpoint found in {path}; train first with launch.py or pass another workdir.")
-  for candidate in candidates:
-    try:
-      with open(os.path.join(candidate, "config", "metadata")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-      tree = _restore_on_one_device(os.path.join(candidate, "state"))
-    except Exception as e:  # a damaged checkpoint: any error from Orbax, TensorStore or the file system
-      log.warning("Checkpoint %s is unreadable (%s: %s); trying the previous one.", candidate, type(e).__name__,
-                  str(e).splitlines()[0][:200] if str(e) else "")
-      continue
+  def load(candidate: str) -> Run:
+    config = ml_collections.ConfigDict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        os.path.join(candidate, "config")))
+    config.lock()
+    tree = _restore_on_one_device(os.path.join(candidate, "state"))
     workdir = os.path.dirname(os.path.dirname(candidate))
     stats = read_stats_file(os.path.join(workdir, STATS_FILE))
-    config.lock()
     return Run(tree["ema_params" if ema else "params"], config, int(tree["step"]), workdir, stats)
-  raise UserError(f"No readable checkpoint in {path}; every candidate failed to load (see the warnings above).")
+
+  run = _first_readable(candidates, load)
+  if run is None:
+    raise UserError(f"No readable checkpoint in {path}; every candidate failed to load (see the warnings above).")
+  return run

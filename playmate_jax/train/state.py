@@ -65,7 +65,3 @@ def abstract_state(model_fn, tx, key: jax.Array, mesh) -> TrainState:
   sharding = mesh_lib.replicated(mesh)
   shapes = jax.eval_shape(_initializer(model_fn, tx), key)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
-def num_params(params) -> int:
-  return sum(int(p.size) for p in jax.tree.leaves(params))

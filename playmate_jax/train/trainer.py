@@ -8,6 +8,7 @@ and on SIGTERM / Ctrl-C, and stops with a clear message on a non-finite loss wit
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -74,7 +75,6 @@ def _keep_rows_up_to(path: str, step: int) -> None:
   """After a resume, drops logged rows of steps that the restored state has not yet taken (they will be redone)."""
   rows = metrics_lib.read_jsonl(path)
   if any(r["step"] > step for r in rows):
-    import json
     with open(path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= step)
 
@@ -159,8 +159,7 @@ class Trainer:
     means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "finite"}
     means["steps_per_s"] = len(rows) / max(seconds, 1e-9)
     self.writer.write(step, means)
-    if bar is not None:
-      bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+    bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
     return means
 
   def run(self):
@@ -173,7 +172,7 @@ class Trainer:
         f.write(configlib.to_json(self.config))
       data.save_stats(data.load_stats(self.config), os.path.join(self.workdir, ckpt_lib.STATS_FILE))
       log.info("Model: %s parameters; %d devices over %d processes.",
-               f"{state_lib.num_params(state['params']):,}", jax.device_count(), jax.process_count())
+               f"{generator.count_params(state['params']):,}", jax.device_count(), jax.process_count())
     previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     bar = tqdm(total=t.num_steps, initial=step, desc="stage %d" % self.config.stage, dynamic_ncols=True,
                disable=not (self.is_main and t.progress_bar))
@@ -186,11 +185,12 @@ class Trainer:
         step += 1
         bar.update(1)
         stop = self._stop_signal is not None
-        if step % t.log_every == 0 or step == t.num_steps or stop or step % t.ckpt_every == 0:
+        save = stop or step % t.ckpt_every == 0 or step == t.num_steps
+        if save or step % t.log_every == 0:  # a save always flushes first: only finite states are saved
           now = time.perf_counter()
           self._flush(pending, step, now - t_last, bar)
           t_last = now
-        if step % t.ckpt_every == 0 or step == t.num_steps or stop:
+        if save:
           self.save(state)
         if stop:
           log.warning("Received %s: saved a checkpoint at step %d and stopped; rerun the same command to resume.",
