@@ -11,13 +11,6 @@ Any value can be overridden on the command line, e.g. `--config.train.num_steps=
 
 import ml_collections
 
-# Motion vector per frame: expression (21 x 3) then pitch, yaw, roll (degrees), tx, ty, scale.
-EXP_DIM = 63
-POSE_DIM = 6
-MOTION_DIM = EXP_DIM + POSE_DIM
-# Identity condition: the source frame's normalized motion vector, then its canonical keypoints (21 x 3).
-IDENTITY_DIM = MOTION_DIM + 63
-
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   variant = arg or "default"

@@ -24,9 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from playmate_jax import cli  # noqa: E402
+from playmate_jax.data import MOTION_KEYS  # noqa: E402
 from playmate_jax.errors import UserError  # noqa: E402
-
-MOTION_KEYS = ("exp", "pitch", "yaw", "roll", "t", "scale", "kp")
 
 
 def load_source(path: str | None, stats) -> dict[str, np.ndarray]:
@@ -66,12 +65,9 @@ def generate(checkpoint: str, audio_path: str, *, source_path: str | None = None
   features = stats.normalize_audio(audio.get_encoder(config.audio).encode(wave))
 
   source = load_source(source_path, stats)
-  pose = np.array([source["pitch"], source["yaw"], source["roll"], source["t"][0], source["t"][1], source["scale"]],
-                  np.float32)
-  mstats = motion.MotionStats(exp_mean=stats.exp_mean, exp_std=stats.exp_std, pose_mean=pose,
-                              pose_std=stats.default_pose_std)
   source_vec = data.motion_vector({k: v[None] for k, v in source.items()})[0]
-  identity = np.concatenate([np.asarray(motion.normalize_motion(source_vec, mstats)), source["kp"].reshape(-1)])
+  mstats = stats.source_motion_stats(source_vec[motion.EXP_DIM:])
+  identity = data.identity_vector(np.asarray(motion.normalize_motion(source_vec, mstats)), source["kp"])
 
   graphdef = state_lib.model_graphdef(model_factory(config, features.shape[-1]))
   sampler = generator.make_window_sampler(graphdef, generator.Diffusion.from_config(config.diffusion), config)

@@ -232,6 +232,7 @@ def test_batches(demo_dir):
                 emotion=(B,))
   assert {k: v.shape for k, v in b.items()} == shapes
   assert all(v.dtype == (np.int32 if k == "emotion" else np.float32) for k, v in b.items())
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == data.batch_spec(cfg, 80)
   m = np.concatenate([x["motion"].reshape(-1, 69) for x in batches])
   assert np.abs(m.mean(0)).max() < 0.3 and np.all(np.abs(m.std(0) - 1) < 0.3)
   a = np.concatenate([x["audio"][:, c:-c].reshape(-1, 80) for x in batches])

@@ -24,6 +24,7 @@ from playmate_jax.audio import get_encoder
 from playmate_jax.data import builder, demo
 from playmate_jax.data import stats as stats_lib
 from playmate_jax.errors import UserError
+from playmate_jax.motion import IDENTITY_DIM, MOTION_DIM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +131,19 @@ class RandomWindow(grain.transforms.RandomMap):
     audio = np.zeros((L + 2 * c, self.stats.audio_mean.shape[0]), np.float32)
     lo, hi = max(start - c, 0), min(start + L + c, n)
     audio[lo - (start - c):hi - (start - c)] = self.stats.normalize_audio(ex["audio"]["features"][lo:hi])
-    identity = np.concatenate([v[-1], np.asarray(m["kp"][src], np.float32).reshape(-1)])
+    identity = stats_lib.identity_vector(v[-1], m["kp"][src])
     return dict(motion=v[K:K + L], prev_motion=v[:K], audio=audio, identity=identity,
                 emotion=np.int32(ex["emotion"]))
+
+
+def batch_spec(config: ml_collections.ConfigDict, feature_dim: int,
+               process_count: int = 1) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{key: (shape, dtype)} of this process's training batches: the contract between pipeline and model."""
+  d = config.data
+  b, f32 = d.batch_size // process_count, np.dtype(np.float32)
+  return {"motion": ((b, d.window, MOTION_DIM), f32), "prev_motion": ((b, d.prev_frames, MOTION_DIM), f32),
+          "audio": ((b, d.window + 2 * d.audio_context, feature_dim), f32), "identity": ((b, IDENTITY_DIM), f32),
+          "emotion": ((b,), np.dtype(np.int32))}
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
@@ -192,7 +203,7 @@ def load_eval_clips(config: ml_collections.ConfigDict, split: str | None = None,
     clips.append(dict(
         clip_id=ex["clip_id"].decode(), speaker_id=speaker, emotion=int(ex["emotion"]), num_frames=n,
         audio=ds.stats.normalize_audio(ex["audio"]["features"][:n]), motion=v,
-        identity=np.concatenate([v[0], m["kp"][0].reshape(-1)]).astype(np.float32),
+        identity=stats_lib.identity_vector(v[0], m["kp"][0]),
         stats=ds.stats.motion_stats(speaker), kp=np.array(m["kp"][0], np.float32),
         waveform=ex["audio"]["waveform"][:n * hop].astype(np.float32) / 32768.0,
         reference_frame=ex["reference_frame"]))

@@ -28,6 +28,12 @@ def motion_vector(motion: Mapping[str, np.ndarray]) -> np.ndarray:
   return np.concatenate([exp.reshape(exp.shape[:-2] + (EXP_DIM,)), pose], axis=-1)
 
 
+def identity_vector(source_motion: np.ndarray, kp: np.ndarray) -> np.ndarray:
+  """The model's identity condition [..., 132]: normalized source motion [..., 69], then canonical kp [..., 21, 3]."""
+  kp = np.asarray(kp, np.float32)
+  return np.concatenate([np.asarray(source_motion, np.float32), kp.reshape(kp.shape[:-2] + (-1,))], axis=-1)
+
+
 class _Moments:
   """Count, mean and sum of squared deviations per dimension, merged batch by batch (Chan et al.)."""
 
@@ -72,6 +78,12 @@ class DatasetStats:
     """MotionStats for normalize_motion / denormalize_motion of this speaker's motion."""
     mean, std = self.pose(speaker_id)
     return MotionStats(exp_mean=self.exp_mean, exp_std=self.exp_std, pose_mean=mean, pose_std=std)
+
+  def source_motion_stats(self, source_pose: np.ndarray) -> MotionStats:
+    """MotionStats for an identity outside the data (a new portrait): pose centred on the source's own pose
+    [6], with the median per-speaker pose spread; expression statistics are global anyway."""
+    return MotionStats(exp_mean=self.exp_mean, exp_std=self.exp_std,
+                       pose_mean=np.asarray(source_pose, np.float32), pose_std=self.default_pose_std)
 
   def normalize_motion(self, v: np.ndarray, speaker_id: str | None) -> np.ndarray:
     """Numpy `normalize_motion` of motion vectors [..., 69] with this speaker's statistics."""

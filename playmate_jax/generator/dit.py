@@ -14,9 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from playmate_jax.errors import UserError
-from playmate_jax.motion import EXP_DIM, MOTION_DIM, NUM_KP, POSE_DIM  # noqa: F401  (re-exported)
+from playmate_jax.motion import EXP_DIM, IDENTITY_DIM, MOTION_DIM, POSE_DIM  # noqa: F401  (re-exported)
 
-IDENTITY_DIM = MOTION_DIM + 3 * NUM_KP  # normalized source motion + canonical keypoints (21x3)
 TIME_FREQ_DIM = 256                  # width of the sinusoidal timestep features
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -9,11 +9,11 @@ from playmate_jax.motion.keypoints import (LIP_KP, LOWER_LIP_KP, NUM_KP, UPPER_L
                                            mouth_opening, relative_motion, transform_keypoints,
                                            transform_keypoints_with_matrix)
 from playmate_jax.motion.pose import NUM_BINS, bins_to_degrees, matrix_to_degrees, rotation_matrix
-from playmate_jax.motion.vector import (EXP_DIM, MOTION_DIM, POSE_DIM, STD_FLOOR, MotionStats,
+from playmate_jax.motion.vector import (EXP_DIM, IDENTITY_DIM, MOTION_DIM, POSE_DIM, STD_FLOOR, MotionStats,
                                         denormalize_motion, normalize_motion, pack_motion, unpack_motion)
 
 __all__ = [
-    "NUM_KP", "NUM_BINS", "EXP_DIM", "POSE_DIM", "MOTION_DIM", "STD_FLOOR", "LIP_KP", "UPPER_LIP_KP",
+    "NUM_KP", "NUM_BINS", "EXP_DIM", "POSE_DIM", "MOTION_DIM", "IDENTITY_DIM", "STD_FLOOR", "LIP_KP", "UPPER_LIP_KP",
     "LOWER_LIP_KP", "bins_to_degrees", "rotation_matrix", "matrix_to_degrees", "as_keypoints",
     "transform_keypoints", "transform_keypoints_with_matrix", "relative_motion", "mouth_opening",
     "pack_motion", "unpack_motion", "MotionStats", "normalize_motion", "denormalize_motion",

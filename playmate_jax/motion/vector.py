@@ -9,6 +9,8 @@ from playmate_jax.motion.keypoints import NUM_KP, as_keypoints
 EXP_DIM = NUM_KP * 3
 POSE_DIM = 6  # pitch, yaw, roll (degrees), tx, ty, scale
 MOTION_DIM = EXP_DIM + POSE_DIM
+# The model's identity condition: the source frame's normalized motion vector, then its canonical keypoints.
+IDENTITY_DIM = MOTION_DIM + NUM_KP * 3
 # Standard deviations are floored at this value, so coordinates that never move normalize to 0, not inf.
 STD_FLOOR = 1e-4
 
