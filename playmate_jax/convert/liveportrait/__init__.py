@@ -1,0 +1,94 @@
+"""LivePortrait's released PyTorch weights -> one converted-weights folder for `playmate_jax.renderer`.
+
+The released layout (HF `KwaiVGI/LivePortrait`, folder `liveportrait/`):
+
+    base_models/appearance_feature_extractor.pth   F
+    base_models/motion_extractor.pth               M (keys `detector.*`)
+    base_models/warping_module.pth                 W
+    base_models/spade_generator.pth                G
+    retargeting_models/stitching_retargeting_module.pth
+        {retarget_shoulder, retarget_mouth, retarget_eye}: the stitching, lip and eye MLPs (DDP `module.` keys)
+
+Sizes come from `models.yaml` (`model_params`, LivePortrait's own config file; `--models-yaml`), else from a
+`models.yaml` beside the weights, else the released sizes. Each component converter takes every source key
+exactly once and checks every shape; the result must cover every parameter of the renderer.
+"""
+
+import os
+from typing import Any, Mapping
+
+from playmate_jax.convert import common
+from playmate_jax.convert.liveportrait import appearance, motion_extractor, spade, stitching, warping
+from playmate_jax.convert.torch_io import load_torch_file
+from playmate_jax.errors import UserError
+from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS, load_models_yaml
+
+KIND = "liveportrait"
+BASE_FILES = {  # renderer component -> (file, converter)
+    "appearance_feature_extractor": ("base_models/appearance_feature_extractor.pth", appearance.convert),
+    "motion_extractor": ("base_models/motion_extractor.pth", motion_extractor.convert),
+    "warping_module": ("base_models/warping_module.pth", warping.convert),
+    "spade_generator": ("base_models/spade_generator.pth", spade.convert),
+}
+RETARGETING_FILE = "retargeting_models/stitching_retargeting_module.pth"
+RETARGETING_PARTS = {"stitching": "retarget_shoulder", "lip": "retarget_mouth", "eye": "retarget_eye"}
+DDP_PREFIX = "module."
+
+
+def model_params_for(src: str, models_yaml: str | None) -> dict[str, Any]:
+  """--models-yaml, else models.yaml beside the weights, else the released sizes."""
+  if models_yaml:
+    return load_models_yaml(models_yaml)
+  beside = os.path.join(src, "models.yaml")
+  if os.path.isfile(beside):
+    return load_models_yaml(beside)
+  return dict(RELEASED_MODEL_PARAMS)
+
+
+def convert_state_dicts(base: Mapping[str, Mapping], retargeting: Mapping[str, Mapping],
+                        model_params: Mapping[str, Any], src: str = "") -> dict[str, Any]:
+  """Converted params from already-loaded state dicts (base: component -> state dict; retargeting: as saved)."""
+  params: dict[str, Any] = {}
+  for name, (file, convert) in BASE_FILES.items():
+    source = common.SourceDict(base[name], os.path.join(src, file), strip_prefixes=(DDP_PREFIX,))
+    params[name] = convert(source, model_params[f"{name}_params"])
+  path = os.path.join(src, RETARGETING_FILE)
+  sources = {}
+  for part, saved_name in RETARGETING_PARTS.items():
+    if saved_name not in retargeting:
+      raise UserError(f"{path} has no {saved_name!r} entry; it should hold {', '.join(RETARGETING_PARTS.values())}.")
+    sources[part] = common.SourceDict(retargeting[saved_name], f"{path}[{saved_name}]", strip_prefixes=(DDP_PREFIX,))
+  extra = sorted(set(retargeting) - set(RETARGETING_PARTS.values()))
+  if extra:
+    raise UserError(f"{path} has an unexpected entry {extra[0]!r}; it should hold only "
+                    f"{', '.join(RETARGETING_PARTS.values())}.")
+  params["stitching_retargeting_module"] = stitching.convert(
+      sources, model_params["stitching_retargeting_module_params"])
+  return params
+
+
+def load_state_dicts(src: str) -> tuple[dict[str, Mapping], Mapping]:
+  base = {}
+  for name, (file, _) in BASE_FILES.items():
+    path = os.path.join(src, file)
+    if not os.path.isfile(path):
+      raise UserError(f"{path} is missing; --src must be LivePortrait's released `liveportrait` folder "
+                      "holding base_models/ and retargeting_models/.")
+    base[name] = load_torch_file(path)
+  path = os.path.join(src, RETARGETING_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f"{path} is missing; --src must be LivePortrait's released `liveportrait` folder "
+                    "holding base_models/ and retargeting_models/.")
+  return base, load_torch_file(path)
+
+
+def convert_dir(src: str | os.PathLike, dst: str | os.PathLike, models_yaml: str | None = None) -> dict[str, Any]:
+  """Convert the released folder `src` into `dst`; returns the converted params."""
+  from playmate_jax.renderer.networks import abstract_params  # what the renderer needs
+  src, dst = os.fspath(src), os.fspath(dst)
+  model_params = model_params_for(src, models_yaml)
+  base, retargeting = load_state_dicts(src)
+  params = convert_state_dicts(base, retargeting, model_params, src)
+  common.check_covers(abstract_params(model_params), params, f"LivePortrait weights in {src}")
+  common.save_converted(dst, KIND, model_params, params, src)
+  return params
