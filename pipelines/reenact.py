@@ -1,0 +1,266 @@
+"""Drive a portrait with a driving video (LivePortrait's reenactment), writing an mp4 with the video's audio.
+
+  python pipelines/reenact.py --renderer WEIGHTS_DIR|random --source PORTRAIT.jpg --driving VIDEO.mp4
+                              --out OUT.mp4 [--no-stitching] [--eye-retargeting] [--lip-retargeting]
+                              [--paste-back] [--crop-driving] [--batch-size 16] [--dtype float32|bfloat16]
+                              [--max-frames N]
+
+WEIGHTS_DIR is LivePortrait's released weights converted by `python pipelines/convert.py liveportrait`;
+`random` uses randomly initialized networks of the released sizes (meaningless output, for trying the
+pipeline), `random:tiny` tiny random networks on 64x64 crops (smoke tests).
+
+What it does, as LivePortrait's relative mode for a driving video:
+- the portrait is cropped around its face (LivePortrait's crop, 256x256); its appearance feature volume and
+  its motion are extracted once;
+- the driving video streams in batches (memory stays flat for any length). Its frames are used whole when
+  they are square, else (or with --crop-driving) cropped with one square found on the first frame with a face.
+  Each frame's motion is composed onto the portrait relative to the first driving frame: rotation
+  R_d,i R_d,0^T R_s, expression exp_s + (exp_d,i - exp_d,0), scale s_s * s_d,i / s_d,0 and translation
+  t_s + (t_d,i - t_d,0) with tz = 0 (`playmate_jax.motion.relative_motion`);
+- stitching (on by default) adjusts the driving keypoints so that the animated crop pastes back seamlessly;
+- frames are rendered (W + G) at 512x512, or pasted back into the full portrait with --paste-back, and
+  written at the driving video's frame rate with its audio (a video without audio gives a silent output).
+
+Eye and lip retargeting (--eye-retargeting, --lip-retargeting) follow LivePortrait: with either on, the
+driving pose and expression are not transferred; the portrait's keypoints get only the retargeting MLPs'
+eye and/or lip deltas (then stitching). LivePortrait feeds those MLPs open-ness ratios measured on 2-D facial
+landmarks; this project has no landmark model, so the driving ratio of each frame is estimated from the
+driving keypoints instead: the change of eye (or mouth) opening since the first driving frame, in keypoint
+units and scaled to the portrait, is converted to a ratio change with the MLP's own sensitivity on the
+portrait (a finite difference around the assumed source ratio, 0.39 for eyes, 0.1 for lips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from playmate_jax import cli  # noqa: E402
+from playmate_jax.errors import UserError  # noqa: E402
+
+# Keypoint pairs (upper lid, lower lid) of the two eyes: LivePortrait's eye edits move 11 and 15 down and
+# 13 and 16 up to close the eyes. Mouth opening: `playmate_jax.motion.mouth_opening` (lips 17 and 19).
+EYE_LIDS = ((11, 13), (15, 16))
+SOURCE_EYE_RATIO = 0.39  # LivePortrait's ratio for open eyes
+SOURCE_LIP_RATIO = 0.1
+RATIO_STEP = 0.05        # finite-difference step for the retargeting MLPs' sensitivity
+MIN_SENSITIVITY = 1e-5   # below this (keypoint units per unit ratio) a retargeting MLP is treated as inert
+MAX_RATIO = 1.0
+
+
+def eye_opening(exp) -> np.ndarray:
+  """Mean lower-minus-upper lid y distance of the two eyes, from keypoints or exp [..., 21, 3]."""
+  import jax.numpy as jnp
+  exp = jnp.asarray(exp)
+  return sum(exp[..., lower, 1] - exp[..., upper, 1] for upper, lower in EYE_LIDS) / len(EYE_LIDS)
+
+
+def load_renderer(spec: str, dtype_name: str):
+  import jax.numpy as jnp
+  from playmate_jax.renderer.api import Renderer
+  from playmate_jax.renderer.config import TINY_MODEL_PARAMS
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
+  if spec == "random":
+    return Renderer.random(dtype=dtype)
+  if spec == "random:tiny":
+    return Renderer.random(TINY_MODEL_PARAMS, dtype=dtype, crop_size=64)
+  if not os.path.isdir(spec):
+    raise UserError(f"Renderer weights folder {spec} does not exist; convert LivePortrait's weights with "
+                    "`python pipelines/convert.py liveportrait --src .../liveportrait --dst DIR` and pass DIR.")
+  return Renderer.load(spec, dtype=dtype)
+
+
+class _Retargeting:
+  """LivePortrait's eye/lip retargeting with ratios estimated from keypoints (see the module docstring)."""
+
+  def __init__(self, renderer, x_s, source_scale, eyes: bool, lips: bool):
+    import jax.numpy as jnp
+    from playmate_jax import motion
+    self.x_s, self.scale = x_s, float(np.asarray(source_scale).reshape(-1)[0])
+    self.parts = []
+    if eyes:
+      self._add("eyes", SOURCE_EYE_RATIO, eye_opening,
+                lambda c: jnp.stack([jnp.full_like(c, SOURCE_EYE_RATIO)] * 2 + [c], axis=-1),
+                renderer.retarget_eyes)
+    if lips:
+      self._add("lips", SOURCE_LIP_RATIO, motion.mouth_opening,
+                lambda c: jnp.stack([jnp.full_like(c, SOURCE_LIP_RATIO), c], axis=-1), renderer.retarget_lips)
+
+  def _add(self, name, c_s, opening, ratios, retarget):
+    import jax.numpy as jnp
+    c = jnp.array([c_s - RATIO_STEP, c_s + RATIO_STEP], jnp.float32)
+    kp = jnp.broadcast_to(self.x_s, (2,) + self.x_s.shape[1:])
+    moved = opening(kp + retarget(kp, ratios(c)))
+    sensitivity = float(moved[1] - moved[0]) / (2 * RATIO_STEP)
+    if abs(sensitivity) < MIN_SENSITIVITY:
+      print(f"note: the {name} retargeting network barely moves the portrait's keypoints; {name} stay as they are.")
+      return
+    self.parts.append((c_s, opening, ratios, retarget, sensitivity))
+
+  def __call__(self, exp_d, exp_d0):
+    """x_s plus the eye and lip deltas for driving expressions exp_d [B, 21, 3] (first frame exp_d0)."""
+    import jax.numpy as jnp
+    b = exp_d.shape[0]
+    kp = jnp.broadcast_to(self.x_s, (b,) + self.x_s.shape[1:])
+    out = kp
+    for c_s, opening, ratios, retarget, sensitivity in self.parts:
+      change = self.scale * (opening(exp_d) - opening(exp_d0))        # wanted change, in keypoint units
+      c_d = jnp.clip(c_s + change / sensitivity, 0.0, MAX_RATIO)
+      out = out + retarget(kp, ratios(c_d))
+    return out
+
+
+def _batches(frames, size):
+  batch = []
+  for frame in frames:
+    batch.append(frame)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = True, eye_retargeting: bool = False,
+            lip_retargeting: bool = False, paste_back: bool = False, crop_driving: bool = False,
+            batch_size: int = 16, max_frames: int | None = None, progress: bool = True,
+            source_crop=None, driving_info=None) -> dict:
+  """Render `out`; returns dict(frames, size (h, w), fps, has_audio)."""
+  import itertools
+
+  import jax
+  import jax.numpy as jnp
+  from tqdm import tqdm
+
+  from playmate_jax import motion, video
+  from playmate_jax.renderer import crop as crop_lib
+
+  if batch_size < 1:
+    raise UserError(f"--batch-size {batch_size} must be at least 1.")
+  info = driving_info or video.probe(driving)
+  src_crop = source_crop or crop_lib.crop_portrait(source, size=renderer.crop_size)
+
+  # The driving crop square: whole square frames, else one square from the first frame with a face.
+  square = crop_lib.center_square(info.height, info.width)
+  if crop_driving or info.width != info.height:
+    found = crop_lib.find_video_square(video.read_frames(driving))
+    if found is None:
+      print(f"note: no face found in the first frames of {driving}; using its central square.")
+    else:
+      square = found[0]
+
+  # The portrait, once.
+  crop_s = jnp.asarray(src_crop.image[None])
+  f_s = renderer.extract_appearance(crop_s)
+  src = renderer.extract_motion(crop_s)
+  x_s = renderer.keypoints(src)
+  retarget = (_Retargeting(renderer, x_s, src["scale"], eye_retargeting, lip_retargeting)
+              if eye_retargeting or lip_retargeting else None)
+
+  @jax.jit
+  def relative_keypoints(drv, first):
+    rel = motion.relative_motion(src, drv, first)
+    return motion.transform_keypoints_with_matrix(src["kp"], rel["rotation"], rel["exp"], rel["t"], rel["scale"])
+
+  to_uint8 = jax.jit(lambda x: (jnp.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8))  # 4x less to copy
+
+  def render(crops: np.ndarray, first):
+    drv = renderer.extract_motion(jnp.asarray(crops))
+    if first is None:
+      first = jax.tree.map(lambda v: v[:1], drv)
+    if retarget is not None:
+      x_d = retarget(drv["exp"], first["exp"])
+    else:
+      x_d = relative_keypoints(drv, first)
+    if stitching:
+      x_d = renderer.stitch(x_s, x_d)
+    return to_uint8(renderer.warp_decode(f_s, x_s, x_d)), first
+
+  original = crop_lib.load_image(source) if paste_back else None
+  paster = crop_lib.PasteBack(original, src_crop, renderer.render_size) if paste_back else None
+  fps = info.fps or 25.0
+  if not info.has_audio:
+    print(f"{driving} has no audio track; the output will have no audio.")
+  total = info.num_frames if max_frames is None else min(info.num_frames or max_frames, max_frames)
+  frames = video.read_frames(driving)
+  if max_frames is not None:
+    frames = itertools.islice(frames, max_frames)
+
+  first = None
+  with video.VideoWriter(out, fps=fps, audio=driving if info.has_audio else None) as writer, \
+       tqdm(total=total or None, unit="frame", desc="reenact", disable=not progress) as bar:
+
+    def write(pending):
+      images, n = pending
+      images = np.asarray(images[:n])
+      for image in images:
+        writer.write(paster(image) if paster is not None else image)
+      bar.update(n)
+
+    pending = None
+    for batch in _batches(frames, batch_size):
+      n = len(batch)
+      crops = np.stack([crop_lib.crop_with_square(f, square, renderer.crop_size).image for f in batch])
+      if n < batch_size:  # pad the last batch: one compiled shape for the whole video
+        crops = np.concatenate([crops, np.repeat(crops[-1:], batch_size - n, axis=0)])
+      images, first = render(crops, first)  # dispatched asynchronously; the previous batch is written meanwhile
+      if pending is not None:
+        write(pending)
+      pending = (images, n)
+    if pending is None:
+      raise UserError(f"Driving video {driving} has no frames; give a video with at least one frame.")
+    write(pending)
+    size = writer.size
+  return {"frames": writer.num_frames, "size": size, "fps": fps, "has_audio": info.has_audio}
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--renderer", required=True, help="converted LivePortrait weights folder, or random")
+  parser.add_argument("--source", required=True, help="the portrait: a photo with one frontal face")
+  parser.add_argument("--driving", required=True, help="the driving video (mp4, mov, ...)")
+  parser.add_argument("--out", required=True, help="output mp4")
+  parser.add_argument("--no-stitching", action="store_true", help="turn LivePortrait's stitching off")
+  parser.add_argument("--eye-retargeting", action="store_true", help="retarget the eyes only (see above)")
+  parser.add_argument("--lip-retargeting", action="store_true", help="retarget the lips only (see above)")
+  parser.add_argument("--paste-back", action="store_true", help="paste the animated crop into the full portrait")
+  parser.add_argument("--crop-driving", action="store_true", help="crop the driving frames around the face even "
+                                                                    "when they are square")
+  parser.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+  parser.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
+  args = parser.parse_args(argv)
+  cli.setup_logging()
+
+  def run():
+    from playmate_jax import video
+    from playmate_jax.renderer import crop as crop_lib
+    # Check the inputs before building the renderer, so that a mistake is reported at once.
+    if args.max_frames is not None and args.max_frames < 1:
+      raise UserError(f"--max-frames {args.max_frames} must be at least 1.")
+    info = video.probe(args.driving)
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+      raise UserError(f"Output folder {out_dir} does not exist; create it or choose another --out path.")
+    source_crop = crop_lib.crop_portrait(args.source)  # fails now if the portrait has no face
+    renderer = load_renderer(args.renderer, args.dtype)
+    if source_crop.size != renderer.crop_size:
+      source_crop = crop_lib.crop_portrait(args.source, size=renderer.crop_size)
+    result = reenact(renderer, args.source, args.driving, args.out, stitching=not args.no_stitching,
+                     eye_retargeting=args.eye_retargeting, lip_retargeting=args.lip_retargeting,
+                     paste_back=args.paste_back, crop_driving=args.crop_driving, batch_size=args.batch_size,
+                     max_frames=args.max_frames, source_crop=source_crop, driving_info=info)
+    h, w = result["size"]
+    audio = "with the driving video's audio" if result["has_audio"] else "without audio"
+    print(f"wrote {result['frames']} frames ({w}x{h}, {result['fps']:g} fps) {audio} to {args.out}")
+
+  return cli.run(run)
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
