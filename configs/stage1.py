@@ -37,13 +37,22 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   # Audio features: the encoder that produced the dataset's `audio/features`.
   c.audio = ml_collections.ConfigDict()
-  c.audio.encoder = "mel"             # log-mel front end (librosa)
+  c.audio.encoder = "mel"             # "mel" (log-mel front end, librosa) or "wav2vec2" (wav2vec2 / HuBERT)
   c.audio.sample_rate = 16000
   c.audio.fps = 25
-  c.audio.n_mels = 80
+  c.audio.n_mels = 80                 # mel only, as are n_fft, fmin, fmax
   c.audio.n_fft = 1024
   c.audio.fmin = 55.0
   c.audio.fmax = 7600.0
+  # wav2vec2 / HuBERT only: --config.audio.encoder=wav2vec2 --config.audio.weights=DIR, where DIR was written by
+  # `python pipelines/convert.py wav2vec2 --src HF_MODEL_DIR --dst DIR`.
+  c.audio.weights = ""                # the converted folder
+  c.audio.layers = "-1"               # hidden states used, comma-separated: 0 = encoder input, i = layer i, -1 = last
+  c.audio.layer_reduce = "single"     # "single" (one index) or "mean" (plain average of the listed ones)
+  c.audio.chunk_seconds = 20.0        # long audio runs in windows keeping this much each ...
+  c.audio.overlap_seconds = 2.0       # ... with this much context on each side
+  c.audio.chunk_batch = 8             # windows per compiled call (shorter audio runs its windows one at a time)
+  c.audio.dtype = "float32"           # compute dtype of the encoder: "float32" (HF's numbers) or "bfloat16"
 
   # Motion DiT (Conformer trunk, adaLN timestep conditioning, Pose-MLP and Exp-MLP heads).
   c.model = ml_collections.ConfigDict()

@@ -1,7 +1,8 @@
 """Audio: loading speech files and turning them into one feature row per video frame.
 
 Every encoder follows `AudioEncoder`; `get_encoder(config.audio)` is the only way the rest of the project
-makes one, so new encoders (e.g. wav2vec2) plug in here.
+makes one, so new encoders plug in here: "mel" (log-mel, the default) and "wav2vec2" (a converted wav2vec2 or
+HuBERT checkpoint in config.audio.weights; the checkpoint's config says which of the two it is).
 """
 
 from typing import Protocol
@@ -11,6 +12,7 @@ import numpy as np
 
 from playmate_jax.audio.io import load_audio, num_frames
 from playmate_jax.audio.mel import LogMelEncoder
+from playmate_jax.audio.wav2vec2 import Wav2Vec2Encoder
 from playmate_jax.errors import UserError
 
 
@@ -23,7 +25,7 @@ class AudioEncoder(Protocol):
     ...
 
 
-ENCODERS = {"mel": LogMelEncoder}
+ENCODERS = {"mel": LogMelEncoder, "wav2vec2": Wav2Vec2Encoder}
 
 
 def get_encoder(audio_config: ml_collections.ConfigDict) -> AudioEncoder:
@@ -34,4 +36,4 @@ def get_encoder(audio_config: ml_collections.ConfigDict) -> AudioEncoder:
   return ENCODERS[audio_config.encoder](audio_config)
 
 
-__all__ = ["AudioEncoder", "LogMelEncoder", "get_encoder", "load_audio", "num_frames"]
+__all__ = ["AudioEncoder", "LogMelEncoder", "Wav2Vec2Encoder", "get_encoder", "load_audio", "num_frames"]
