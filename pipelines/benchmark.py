@@ -1,6 +1,17 @@
-"""Throughput of the stage-1 train step, measured on whatever devices JAX sees.
+"""Throughput of the project's parts, measured on whatever devices JAX sees.
 
   python pipelines/benchmark.py train --config=configs/stage1.py [--config.KEY=VALUE ...] [--steps 30] [--json OUT]
+  python pipelines/benchmark.py render [--renderer WEIGHTS_DIR|random|random:tiny] [--batch-sizes 1,32] [--steps 30] [--json OUT]
+  python pipelines/benchmark.py audio [--weights WAV2VEC2_DIR|random] [--seconds 3600] [--dtype bfloat16] [--json OUT]
+
+`render`: warp + decode (W then G, the per-frame cost of every video this project writes) at the released sizes
+(random weights unless --renderer points to converted weights), in fp32 and bf16, per frame at each batch size;
+W and G also timed apart; and the PSNR of the bf16 image against the fp32 one on the same inputs.
+
+`audio`: wav2vec2 features (25 fps rows, chunked as configured in configs/stage1.py's audio section) for
+--seconds of audio through a wav2vec2-base-sized encoder with random weights, or the converted one given by
+--weights: wall time of a second full call after a compiling first one, real-time factor and peak device
+memory (run it with two lengths to see that memory does not grow with the audio).
 
 Times exactly the jitted step that launch.py runs (same model, optimizer, EMA, shardings, donated state) on random
 batches of the config's shapes, so no dataset is needed. Reports the parameter count, compile time, per-step time
@@ -79,10 +90,124 @@ def bench_train(config, steps: int) -> dict:
   }
 
 
+def _time(fn, args, steps: int) -> tuple[float, list[float]]:
+  """(compile seconds, per-call seconds over `steps` timed calls after 2 warm-up calls)."""
+  import jax
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  compile_s = time.perf_counter() - t0
+  for _ in range(2):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return compile_s, times
+
+
+def render_inputs(model_params, batch: int, crop_size: int = 256, seed: int = 0):
+  """A feature volume and source/driving keypoints of the renderer's shapes (values in realistic ranges)."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  f = model_params["appearance_feature_extractor_params"]
+  size = crop_size // 2 ** f.get("num_down_blocks", 2)
+  feature = rng.standard_normal((batch, f["reshape_depth"], size, size, f["reshape_channel"])).astype(np.float32)
+  kp = rng.uniform(-0.6, 0.6, (batch, model_params["warping_module_params"]["num_kp"], 3)).astype(np.float32)
+  driving = kp + rng.normal(0, 0.03, kp.shape).astype(np.float32)
+  return feature, kp, driving
+
+
+def bench_render(renderer: str, batch_sizes: list[int], steps: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from playmate_jax.renderer.networks import LivePortraitNetworks
+  from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS, TINY_MODEL_PARAMS
+
+  crop_size = 256
+  if renderer == "random":
+    model_params, params = RELEASED_MODEL_PARAMS, None
+  elif renderer == "random:tiny":  # a quick check on a CPU
+    model_params, params, crop_size = TINY_MODEL_PARAMS, None, 64
+  else:
+    from playmate_jax.convert.common import load_converted
+    model_params, params = load_converted(renderer, "liveportrait")
+  graphs = {}
+  for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
+    model = nnx.eval_shape(lambda: LivePortraitNetworks(model_params, dtype=dtype, rngs=nnx.Rngs(0)))
+    graphs[name] = nnx.split(model)[0]
+  state = nnx.state(LivePortraitNetworks(model_params, rngs=nnx.Rngs(0)))
+  if params is not None:
+    nnx.replace_by_pure_dict(state, params)
+
+  def make(graph, part):
+    @jax.jit
+    def fn(state, feature, kp_s, kp_d):
+      nets = nnx.merge(graph, state)
+      if part == "G":
+        return nets.spade_generator(feature)
+      warped = nets.warping_module(feature, kp_s, kp_d)
+      if part == "W":
+        return warped["out"]
+      return nets.spade_generator(warped["out"])
+    return fn
+
+  result = {"device": jax.devices()[0].device_kind, "renderer": renderer, "params": sum(
+      x.size for x in jax.tree.leaves(state))}
+  for batch in batch_sizes:
+    feature, kp_s, kp_d = jax.device_put(render_inputs(model_params, batch, crop_size))  # time compute, not transfers
+    images = {}
+    for name, graph in graphs.items():
+      wg = make(graph, "WG")
+      compile_s, times = _time(wg, (state, feature, kp_s, kp_d), steps)
+      images[name] = np.asarray(wg(state, feature, kp_s, kp_d), np.float32)
+      key = f"{name}_b{batch}"
+      result[f"{key}_wg_ms_per_frame"] = 1e3 * statistics.median(times) / batch
+      result[f"{key}_wg_ms_per_frame_iqr"] = 1e3 * float(np.subtract(*np.percentile(times, [75, 25]))) / batch
+      result[f"{key}_wg_compile_s"] = compile_s
+      warp_out = jax.block_until_ready(make(graph, "W")(state, feature, kp_s, kp_d))
+      _, w_times = _time(make(graph, "W"), (state, feature, kp_s, kp_d), steps)
+      _, g_times = _time(make(graph, "G"), (state, warp_out, kp_s, kp_d), steps)
+      result[f"{key}_w_ms_per_frame"] = 1e3 * statistics.median(w_times) / batch
+      result[f"{key}_g_ms_per_frame"] = 1e3 * statistics.median(g_times) / batch
+    mse = float(np.mean((images["bf16"] - images["fp32"]) ** 2))
+    result[f"b{batch}_bf16_psnr_db"] = float(10 * np.log10(1.0 / max(mse, 1e-20)))
+    result[f"b{batch}_fp32_image_std"] = float(images["fp32"].std())
+  result["image_size"] = int(images["fp32"].shape[1])
+  stats = jax.local_devices()[0].memory_stats() or {}
+  result["peak_memory_gib"] = stats.get("peak_bytes_in_use", float("nan")) / 2**30
+  return result
+
+
+def bench_audio(weights: str, seconds: float, dtype: str) -> dict:
+  from playmate_jax.audio import wav2vec2
+  from playmate_jax.configlib import load_config
+  audio = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "stage1.py")).audio
+  import dataclasses
+  settings = dataclasses.asdict(wav2vec2.FeatureSettings.from_config(audio))
+  settings["dtype"] = dtype
+  if weights == "random":
+    encoder = wav2vec2.random_encoder(**settings)
+  else:
+    from playmate_jax.convert.wav2vec2 import load_encoder
+    encoder = load_encoder(weights, **settings)
+  result = wav2vec2.throughput(encoder, seconds)
+  result["peak_device_gib"] = (result.pop("peak_device_bytes") or float("nan")) / 2**30
+  return result
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("what", choices=["train"])
-  parser.add_argument("--config", required=True)
+  parser.add_argument("what", choices=["train", "render", "audio"])
+  parser.add_argument("--config", default=None, help="the config (train)")
+  parser.add_argument("--renderer", default="random",
+                      help="converted LivePortrait weights, random (released sizes) or random:tiny (render)")
+  parser.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (render)")
+  parser.add_argument("--weights", default="random", help="converted wav2vec2/HuBERT weights, or random (audio)")
+  parser.add_argument("--seconds", type=float, default=3600.0, help="length of audio to encode (audio)")
+  parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute (audio)")
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--json", default=None, help="also write the figures to this file")
   args, overrides = parser.parse_known_args(argv)
@@ -90,8 +215,16 @@ def main(argv: list[str]) -> int:
 
   def run():
     from playmate_jax import configlib
-    config = configlib.apply_overrides(configlib.load_config(args.config), configlib.parse_overrides(overrides))
-    result = bench_train(config, args.steps)
+    from playmate_jax.errors import UserError
+    if args.what == "render":
+      result = bench_render(args.renderer, [int(b) for b in args.batch_sizes.split(",")], args.steps)
+    elif args.what == "audio":
+      result = bench_audio(args.weights, args.seconds, args.dtype)
+    else:
+      if not args.config:
+        raise UserError(f"`benchmark.py {args.what}` needs --config=configs/stage1.py (or another config).")
+      config = configlib.apply_overrides(configlib.load_config(args.config), configlib.parse_overrides(overrides))
+      result = bench_train(config, args.steps)
     width = max(map(len, result))
     for k, v in result.items():
       print(f"{k:<{width}}  {v:,.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
