@@ -43,21 +43,12 @@ import numpy as np  # noqa: E402
 from playmate_jax import cli  # noqa: E402
 from playmate_jax.errors import UserError  # noqa: E402
 
-# Keypoint pairs (upper lid, lower lid) of the two eyes: LivePortrait's eye edits move 11 and 15 down and
-# 13 and 16 up to close the eyes. Mouth opening: `playmate_jax.motion.mouth_opening` (lips 17 and 19).
-EYE_LIDS = ((11, 13), (15, 16))
+# Eye and mouth opening: `playmate_jax.motion.eye_opening` (lids 11/13, 15/16) and `mouth_opening` (lips 17, 19).
 SOURCE_EYE_RATIO = 0.39  # LivePortrait's ratio for open eyes
 SOURCE_LIP_RATIO = 0.1
 RATIO_STEP = 0.05        # finite-difference step for the retargeting MLPs' sensitivity
 MIN_SENSITIVITY = 1e-5   # below this (keypoint units per unit ratio) a retargeting MLP is treated as inert
 MAX_RATIO = 1.0
-
-
-def eye_opening(exp) -> np.ndarray:
-  """Mean lower-minus-upper lid y distance of the two eyes, from keypoints or exp [..., 21, 3]."""
-  import jax.numpy as jnp
-  exp = jnp.asarray(exp)
-  return sum(exp[..., lower, 1] - exp[..., upper, 1] for upper, lower in EYE_LIDS) / len(EYE_LIDS)
 
 
 def load_renderer(spec: str, dtype_name: str):
@@ -84,7 +75,7 @@ class _Retargeting:
     self.x_s, self.scale = x_s, float(np.asarray(source_scale).reshape(-1)[0])
     self.parts = []
     if eyes:
-      self._add("eyes", SOURCE_EYE_RATIO, eye_opening,
+      self._add("eyes", SOURCE_EYE_RATIO, motion.eye_opening,
                 lambda c: jnp.stack([jnp.full_like(c, SOURCE_EYE_RATIO)] * 2 + [c], axis=-1),
                 renderer.retarget_eyes)
     if lips:

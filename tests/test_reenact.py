@@ -225,7 +225,7 @@ def test_retargeting_turns_driving_opening_into_the_same_keypoint_opening():
   out = retarget(exp, exp0)
   np.testing.assert_allclose(motion.mouth_opening(out) - motion.mouth_opening(x_s),
                              1.5 * motion.mouth_opening(exp), atol=1e-6)
-  np.testing.assert_allclose(reenact.eye_opening(out) - reenact.eye_opening(x_s), 1.5 * reenact.eye_opening(exp),
+  np.testing.assert_allclose(motion.eye_opening(out) - motion.eye_opening(x_s), 1.5 * motion.eye_opening(exp),
                              atol=1e-6)
 
 

@@ -6,7 +6,7 @@ x = s * (kp @ R + exp) + t. The generated motion vector [69] is exp (63) then pi
 """
 
 from playmate_jax.motion.keypoints import (LIP_KP, LOWER_LIP_KP, NUM_KP, UPPER_LIP_KP, as_keypoints,
-                                           mouth_opening, relative_motion, transform_keypoints,
+                                           eye_opening, mouth_opening, relative_motion, transform_keypoints,
                                            transform_keypoints_with_matrix)
 from playmate_jax.motion.pose import NUM_BINS, bins_to_degrees, matrix_to_degrees, rotation_matrix
 from playmate_jax.motion.vector import (EXP_DIM, IDENTITY_DIM, MOTION_DIM, POSE_DIM, STD_FLOOR, MotionStats,
@@ -15,6 +15,6 @@ from playmate_jax.motion.vector import (EXP_DIM, IDENTITY_DIM, MOTION_DIM, POSE_
 __all__ = [
     "NUM_KP", "NUM_BINS", "EXP_DIM", "POSE_DIM", "MOTION_DIM", "IDENTITY_DIM", "STD_FLOOR", "LIP_KP", "UPPER_LIP_KP",
     "LOWER_LIP_KP", "bins_to_degrees", "rotation_matrix", "matrix_to_degrees", "as_keypoints",
-    "transform_keypoints", "transform_keypoints_with_matrix", "relative_motion", "mouth_opening",
+    "transform_keypoints", "transform_keypoints_with_matrix", "relative_motion", "mouth_opening", "eye_opening",
     "pack_motion", "unpack_motion", "MotionStats", "normalize_motion", "denormalize_motion",
 ]

@@ -78,3 +78,14 @@ def mouth_opening(exp: jax.Array) -> jax.Array:
   """
   exp = as_keypoints(exp)
   return exp[..., LOWER_LIP_KP, 1] - exp[..., UPPER_LIP_KP, 1]
+
+
+# (upper lid, lower lid) keypoints of the two eyes: LivePortrait's eye edits move 11 and 15 down and 13 and 16 up
+# to close the eyes.
+EYE_LIDS = ((11, 13), (15, 16))
+
+
+def eye_opening(exp: jax.Array) -> jax.Array:
+  """Mean lower-minus-upper lid y gap of the two eyes, from keypoints or exp [..., 21, 3] (or [..., 63]); [...]."""
+  exp = as_keypoints(exp)
+  return sum(exp[..., lower, 1] - exp[..., upper, 1] for upper, lower in EYE_LIDS) / len(EYE_LIDS)
