@@ -109,7 +109,7 @@ def test_parity_legacy_bin_equals_safetensors(parity_dir, tmp_path):
   convert_dir(legacy, tmp_path / "b")  # pytorch_model.bin, `wav2vec2.` prefix, weight_g/weight_v, lm_head
   (ca, pa), (cb, pb) = common.load_converted(tmp_path / "a", "wav2vec2"), common.load_converted(tmp_path / "b",
                                                                                                "wav2vec2")
-  fa, fb = common.flatten(common._strkeys(pa)), common.flatten(common._strkeys(pb))
+  fa, fb = common.flatten(pa), common.flatten(pb)
   assert fa.keys() == fb.keys()
   for k in fa:
     np.testing.assert_allclose(fa[k], fb[k], rtol=1e-6, atol=1e-7, err_msg=k)
@@ -356,7 +356,7 @@ def test_layers_mean_and_bfloat16(models, speech):
 def tiny_hf(models):
   """HF-layout tensors and config.json of the tiny group-norm model (weight norm as weight_g / weight_v)."""
   cfg, model = models["group"]
-  params = common.flatten(common._strkeys(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+  params = common.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   d = cfg.hidden_size
   t = {}
   for i in range(7):

@@ -396,7 +396,7 @@ def random_model(cfg: Wav2Vec2Config | None = None, *, seed: int = 0, dtype: Any
 def params_digest(cfg_record: Mapping[str, Any], params: Mapping[str, Any]) -> str:
   """sha256 over a JSON record (model config and preprocessing) and every parameter's path, shape and bytes."""
   h = hashlib.sha256(json.dumps(cfg_record, sort_keys=True).encode())
-  for path, value in sorted(common.flatten(common._strkeys(params)).items()):
+  for path, value in sorted(common.flatten(params).items()):
     value = np.ascontiguousarray(value, np.float32)
     h.update(f"{path}:{value.shape}".encode())
     h.update(value.tobytes())

@@ -50,7 +50,7 @@ class SourceDict:
       raise UserError(f"{self.file} has no tensor {key!r}, which the model needs; the file is incomplete or "
                       "belongs to a different model or sizes (models.yaml / config.json).")
     if key in self._used:
-      raise UserError(f"{self.file}: tensor {key!r} was used twice by the converter (a bug; please report).")
+      raise RuntimeError(f"{self.file}: tensor {key!r} was taken twice; a converter bug.")
     value = np.asarray(self._tensors[key])
     if shape is not None and tuple(value.shape) != tuple(shape):
       raise UserError(f"{self.file}: tensor {key!r} has shape {tuple(value.shape)} but the model expects "
@@ -75,6 +75,52 @@ class SourceDict:
       more = f" and {len(unused) - 1} more" if len(unused) > 1 else ""
       raise UserError(f"{self.file} has tensor {unused[0]!r}{more} that the model does not have; the file "
                       "belongs to a different model or sizes (check models.yaml / config.json).")
+
+
+# --- layers -------------------------------------------------------------------------------------------------
+
+BN_EPS = 1e-5  # PyTorch's BatchNorm default
+
+
+def take_conv(source: SourceDict, prefix: str, in_features: int, out_features: int, kernel: int, ndim: int = 2,
+              bias: bool = True) -> dict[str, np.ndarray]:
+  """`prefix`.weight (and .bias) of an nn.ConvNd [out, in, k, ...] -> {'kernel', 'bias'} in Flax layout.
+  A depthwise conv has in_features 1."""
+  weight = source.take(f"{prefix}.weight", (out_features, in_features) + (kernel,) * ndim)
+  out = {"kernel": conv_kernel(weight)}
+  if bias:
+    out["bias"] = source.take(f"{prefix}.bias", (out_features,))
+  return out
+
+
+def take_linear(source: SourceDict, prefix: str, in_features: int, out_features: int) -> dict[str, np.ndarray]:
+  """`prefix`.weight/.bias of an nn.Linear -> {'kernel' [in, out], 'bias'}."""
+  return {"kernel": linear_kernel(source.take(f"{prefix}.weight", (out_features, in_features))),
+          "bias": source.take(f"{prefix}.bias", (out_features,))}
+
+
+def take_layer_norm(source: SourceDict, prefix: str, features: int) -> dict[str, np.ndarray]:
+  """`prefix`.weight/.bias of a LayerNorm / GroupNorm -> {'scale', 'bias'} (nnx.LayerNorm's names)."""
+  return {"scale": source.take(f"{prefix}.weight", (features,)), "bias": source.take(f"{prefix}.bias", (features,))}
+
+
+def take_batchnorm(source: SourceDict, prefix: str, features: int, eps: float = BN_EPS) -> tuple[np.ndarray, np.ndarray]:
+  """An eval-mode, affine nn.BatchNormNd with running statistics -> (scale, shift); its counter is skipped."""
+  shape = (features,)
+  scale, shift = batchnorm_affine(source.take(f"{prefix}.weight", shape), source.take(f"{prefix}.bias", shape),
+                                  source.take(f"{prefix}.running_mean", shape),
+                                  source.take(f"{prefix}.running_var", shape), eps)
+  source.skip(f"{prefix}.num_batches_tracked")
+  return scale, shift
+
+
+def take_conv_bn(source: SourceDict, conv_prefix: str, norm_prefix: str, in_features: int, out_features: int,
+                 kernel: int, ndim: int) -> dict[str, np.ndarray]:
+  """A convolution followed by an eval-mode BatchNorm, as one convolution."""
+  params = take_conv(source, conv_prefix, in_features, out_features, kernel, ndim)
+  scale, shift = take_batchnorm(source, norm_prefix, out_features)
+  kernel_folded, bias = fold_affine_into_conv(params["kernel"], params["bias"], scale, shift)
+  return {"kernel": kernel_folded, "bias": bias}
 
 
 # --- layouts -------------------------------------------------------------------------------------------------
@@ -118,7 +164,8 @@ def spectral_normalized(weight_orig: np.ndarray, u: np.ndarray, v: np.ndarray) -
 
 # --- nested parameter dicts ----------------------------------------------------------------------------------
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+  """{'a/0/b': leaf} from a nested dict (int keys, as NNX lists have, become their digits)."""
   out = {}
   for key, value in tree.items():
     path = f"{prefix}{key}"
@@ -142,8 +189,8 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 def check_covers(expected: Mapping[str, Any], converted: Mapping[str, Any], what: str) -> None:
   """Fail unless `converted` has exactly the leaves of `expected` (both nested dicts), with equal shapes."""
-  want = {k: tuple(np.shape(v)) for k, v in flatten(_strkeys(expected)).items()}
-  have = {k: tuple(np.shape(v)) for k, v in flatten(_strkeys(converted)).items()}
+  want = {k: tuple(np.shape(v)) for k, v in flatten(expected).items()}
+  have = {k: tuple(np.shape(v)) for k, v in flatten(converted).items()}
   missing = sorted(set(want) - set(have))
   extra = sorted(set(have) - set(want))
   if missing or extra:
@@ -154,17 +201,13 @@ def check_covers(expected: Mapping[str, Any], converted: Mapping[str, Any], what
       raise UserError(f"{what}: parameter {k} has shape {have[k]} but the model expects {want[k]}.")
 
 
-def _strkeys(tree):
-  return {str(k): _strkeys(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
-
-
 def save_converted(dst: str | os.PathLike, kind: str, config: Mapping[str, Any], params: Mapping[str, Any],
                    source: str) -> None:
   """Write a converted-weights folder (atomically: a crash leaves no half-written params.npz)."""
   dst = os.fspath(dst)
   os.makedirs(dst, exist_ok=True)
   tmp = os.path.join(dst, PARAMS_FILE + ".tmp.npz")
-  np.savez(tmp, **flatten(_strkeys(params)))
+  np.savez(tmp, **flatten(params))
   os.replace(tmp, os.path.join(dst, PARAMS_FILE))
   manifest = {"kind": kind, "version": FORMAT_VERSION, "config": config, "source": os.path.abspath(source)}
   with open(os.path.join(dst, MANIFEST_FILE), "w") as f:

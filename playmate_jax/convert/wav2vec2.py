@@ -126,15 +126,6 @@ def _weight_normed(src: common.SourceDict, p: str, shape: tuple[int, ...]) -> np
   return src.take(f"{p}.parametrizations.weight.original1", shape)  # fails: names the weight it needs
 
 
-def _linear(src: common.SourceDict, p: str, n_in: int, n_out: int) -> dict[str, np.ndarray]:
-  return {"kernel": common.linear_kernel(src.take(f"{p}.weight", (n_out, n_in))),
-          "bias": src.take(f"{p}.bias", (n_out,))}
-
-
-def _norm(src: common.SourceDict, p: str, n: int) -> dict[str, np.ndarray]:
-  return {"scale": src.take(f"{p}.weight", (n,)), "bias": src.take(f"{p}.bias", (n,))}
-
-
 def convert_state_dict(tensors: Mapping[str, np.ndarray], cfg: w2v.Wav2Vec2Config, file: str) -> dict[str, Any]:
   """HF state dict (any accepted layout) -> nested params of playmate_jax.audio.wav2vec2.Wav2Vec2Model."""
   encoder_tensors, _heads = _split_heads(tensors)
@@ -145,42 +136,37 @@ def convert_state_dict(tensors: Mapping[str, np.ndarray], cfg: w2v.Wav2Vec2Confi
   for i, (c_out, k) in enumerate(zip(cfg.conv_dim, cfg.conv_kernel)):
     c_in = cfg.conv_dim[i - 1] if i else 1
     p = f"feature_extractor.conv_layers.{i}"
-    layer = {"conv": {"kernel": common.conv_kernel(src.take(f"{p}.conv.weight", (c_out, c_in, k)))}}
-    if cfg.conv_bias:
-      layer["conv"]["bias"] = src.take(f"{p}.conv.bias", (c_out,))
+    layer = {"conv": common.take_conv(src, f"{p}.conv", c_in, c_out, k, ndim=1, bias=cfg.conv_bias)}
     if cfg.feat_extract_norm == "layer" or i == 0:
-      layer["norm"] = _norm(src, f"{p}.layer_norm", c_out)
+      layer["norm"] = common.take_layer_norm(src, f"{p}.layer_norm", c_out)
     conv_layers[i] = layer
 
   d, c_last = cfg.hidden_size, cfg.conv_dim[-1]
-  projection = {"projection": _linear(src, "feature_projection.projection", c_last, d)}
+  projection = {"projection": common.take_linear(src, "feature_projection.projection", c_last, d)}
   if cfg.feat_proj_layer_norm:
-    projection["norm"] = _norm(src, "feature_projection.layer_norm", c_last)
+    projection["norm"] = common.take_layer_norm(src, "feature_projection.layer_norm", c_last)
 
   p = "encoder.pos_conv_embed"
   k, groups = cfg.num_conv_pos_embeddings, cfg.num_conv_pos_embedding_groups
   pos_conv = {"conv": {"kernel": common.conv_kernel(_weight_normed(src, f"{p}.conv", (d, d // groups, k))),
                        "bias": src.take(f"{p}.conv.bias", (d,))}}
   if cfg.conv_pos_batch_norm:
-    src.skip(f"{p}.batch_norm.num_batches_tracked")
-    pos_conv["in_scale"], pos_conv["in_shift"] = common.batchnorm_affine(
-        src.take(f"{p}.batch_norm.weight", (d,)), src.take(f"{p}.batch_norm.bias", (d,)),
-        src.take(f"{p}.batch_norm.running_mean", (d,)), src.take(f"{p}.batch_norm.running_var", (d,)), 1e-5)
+    pos_conv["in_scale"], pos_conv["in_shift"] = common.take_batchnorm(src, f"{p}.batch_norm", d)
 
   layers = {}
   for i in range(cfg.num_hidden_layers):
     p = f"encoder.layers.{i}"
-    q, kk, v = (_linear(src, f"{p}.attention.{n}_proj", d, d) for n in ("q", "k", "v"))
+    q, kk, v = (common.take_linear(src, f"{p}.attention.{n}_proj", d, d) for n in ("q", "k", "v"))
     layers[i] = {
         "attention": {"qkv": {"kernel": np.concatenate([q["kernel"], kk["kernel"], v["kernel"]], axis=1),
                               "bias": np.concatenate([q["bias"], kk["bias"], v["bias"]])},
-                      "out": _linear(src, f"{p}.attention.out_proj", d, d)},
-        "norm": _norm(src, f"{p}.layer_norm", d),
-        "intermediate": _linear(src, f"{p}.feed_forward.intermediate_dense", d, cfg.intermediate_size),
-        "output": _linear(src, f"{p}.feed_forward.output_dense", cfg.intermediate_size, d),
-        "final_norm": _norm(src, f"{p}.final_layer_norm", d),
+                      "out": common.take_linear(src, f"{p}.attention.out_proj", d, d)},
+        "norm": common.take_layer_norm(src, f"{p}.layer_norm", d),
+        "intermediate": common.take_linear(src, f"{p}.feed_forward.intermediate_dense", d, cfg.intermediate_size),
+        "output": common.take_linear(src, f"{p}.feed_forward.output_dense", cfg.intermediate_size, d),
+        "final_norm": common.take_layer_norm(src, f"{p}.final_layer_norm", d),
     }
-  encoder = {"pos_conv": pos_conv, "norm": _norm(src, "encoder.layer_norm", d), "layers": layers}
+  encoder = {"pos_conv": pos_conv, "norm": common.take_layer_norm(src, "encoder.layer_norm", d), "layers": layers}
   src.finish()
   return {"feature_extractor": {"conv_layers": conv_layers}, "feature_projection": projection, "encoder": encoder}
 

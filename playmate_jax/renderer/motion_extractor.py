@@ -43,6 +43,12 @@ def backbone_sizes(cfg: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[int, 
   return depths, dims
 
 
+def head_sizes(cfg: Mapping[str, Any]) -> dict[str, int]:
+  """Output size of each head, in HEADS order (LivePortrait's defaults: 66 bins, 24 keypoints)."""
+  bins, kp = int(cfg.get("num_bins", NUM_BINS)), int(cfg.get("num_kp", 24))
+  return {"pitch": bins, "yaw": bins, "roll": bins, "t": 3, "exp": 3 * kp, "scale": 1, "kp": 3 * kp}
+
+
 def layer_norm(num_features: int, dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
   """LayerNorm over the channel axis with PyTorch's two-pass variance (stats in float32)."""
   return nnx.LayerNorm(num_features, epsilon=LN_EPS, use_fast_variance=False, dtype=dtype, rngs=rngs)
@@ -101,8 +107,6 @@ class MotionExtractor(nnx.Module):
   def __init__(self, cfg: Mapping[str, Any], *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
     depths, dims = backbone_sizes(cfg)
     self.dtype = dtype
-    self.num_kp = int(cfg.get("num_kp", 24))
-    self.num_bins = int(cfg.get("num_bins", NUM_BINS))
     in_chans = int(cfg.get("in_chans", 3))
     self.downsample_layers = nnx.List(
         [Downsample(in_chans, dims[0], stem=True, dtype=dtype, rngs=rngs)]
@@ -110,11 +114,9 @@ class MotionExtractor(nnx.Module):
     self.stages = nnx.List([nnx.List([Block(dims[i], dtype=dtype, rngs=rngs) for _ in range(depths[i])])
                             for i in range(4)])
     self.norm = layer_norm(dims[-1], jnp.float32, rngs)
-    sizes = {"pitch": self.num_bins, "yaw": self.num_bins, "roll": self.num_bins, "t": 3,
-             "exp": 3 * self.num_kp, "scale": 1, "kp": 3 * self.num_kp}
     prec = precision_for(dtype)
-    for name in HEADS:
-      setattr(self, f"fc_{name}", nnx.Linear(dims[-1], sizes[name], dtype=dtype, precision=prec, rngs=rngs))
+    for name, size in head_sizes(cfg).items():
+      setattr(self, f"fc_{name}", nnx.Linear(dims[-1], size, dtype=dtype, precision=prec, rngs=rngs))
 
   def features(self, image: jax.Array) -> jax.Array:
     """[B, H, W, 3] -> pooled, normalized features [B, dims[-1]] float32."""

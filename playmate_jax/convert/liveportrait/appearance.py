@@ -1,46 +1,16 @@
 """Convert LivePortrait's appearance_feature_extractor.pth into AppearanceFeatureExtractor parameters.
 
-Also holds the block-level helpers that the warping converter shares: a convolution with its eval-mode
-BatchNorm folded in, a lone BatchNorm as a scale/shift pair, and the permutation from PyTorch's channel-major
-(c * D + d) to our depth-major (d * C + c) order where depth is folded into channels. Every expected shape
-comes from the model config, so a checkpoint of other sizes fails on the first tensor that disagrees.
+Also holds the permutation the warping converter shares, from PyTorch's channel-major (c * D + d) to our
+depth-major (d * C + c) order where depth is folded into channels. Every expected shape comes from the model
+config, so a checkpoint of other sizes fails on the first tensor that disagrees.
 """
 
 from typing import Any, Mapping
 
 import numpy as np
 
-from playmate_jax.convert.common import SourceDict, batchnorm_affine, conv_kernel, fold_affine_into_conv
+from playmate_jax.convert.common import SourceDict, take_batchnorm, take_conv, take_conv_bn
 from playmate_jax.renderer.appearance import appearance_channels
-
-BN_EPS = 1e-5   # PyTorch's BatchNorm default, which LivePortrait keeps
-
-
-def take_conv(source: SourceDict, prefix: str, in_features: int, out_features: int, kernel: int,
-              ndim: int) -> dict[str, np.ndarray]:
-  """`prefix`.weight/.bias of an nn.ConvNd -> {'kernel', 'bias'} in Flax layout."""
-  weight = source.take(f"{prefix}.weight", (out_features, in_features) + (kernel,) * ndim)
-  return {"kernel": conv_kernel(weight), "bias": source.take(f"{prefix}.bias", (out_features,))}
-
-
-def take_batchnorm(source: SourceDict, prefix: str, features: int) -> tuple[np.ndarray, np.ndarray]:
-  """An eval-mode nn.BatchNormNd (affine, with running statistics) -> (scale, shift)."""
-  shape = (features,)
-  scale, shift = batchnorm_affine(source.take(f"{prefix}.weight", shape), source.take(f"{prefix}.bias", shape),
-                                  source.take(f"{prefix}.running_mean", shape),
-                                  source.take(f"{prefix}.running_var", shape), BN_EPS)
-  source.skip(f"{prefix}.num_batches_tracked")
-  return scale, shift
-
-
-def take_conv_bn(source: SourceDict, conv_prefix: str, norm_prefix: str, in_features: int, out_features: int,
-                 kernel: int, ndim: int) -> dict[str, np.ndarray]:
-  """A convolution followed by an eval-mode BatchNorm, as one convolution."""
-  params = take_conv(source, conv_prefix, in_features, out_features, kernel, ndim)
-  scale, shift = take_batchnorm(source, norm_prefix, out_features)
-  kernel_folded, bias = fold_affine_into_conv(params["kernel"], params["bias"], scale, shift)
-  return {"kernel": kernel_folded, "bias": bias}
-
 
 def depth_major(array: np.ndarray, axis: int, channels: int, depth: int) -> np.ndarray:
   """Reorder `axis` (size channels * depth) from PyTorch's index c * depth + d to d * channels + c."""

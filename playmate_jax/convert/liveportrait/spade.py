@@ -9,14 +9,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from playmate_jax.convert.common import SourceDict, conv_kernel, spectral_normalized
+from playmate_jax.convert.common import SourceDict, conv_kernel, spectral_normalized, take_conv
 from playmate_jax.renderer.spade import (NUM_MIDDLE_BLOCKS, PIXEL_SHUFFLE, SPADE_HIDDEN, decoder_sizes,
                                          uses_pixel_shuffle)
-
-
-def _conv(source: SourceDict, key: str, cout: int, cin: int, k: int) -> dict[str, Any]:
-  return {"kernel": conv_kernel(source.take(f"{key}.weight", (cout, cin, k, k))),
-          "bias": source.take(f"{key}.bias", (cout,))}
 
 
 def spectral_conv_kernel(source: SourceDict, key: str, cout: int, cin: int, k: int) -> np.ndarray:
@@ -35,9 +30,9 @@ def _spectral_conv(source: SourceDict, key: str, cout: int, cin: int, k: int, bi
 
 
 def _spade(source: SourceDict, key: str, norm_nc: int, label_nc: int) -> dict[str, Any]:
-  return {"mlp_shared": _conv(source, f"{key}.mlp_shared.0", SPADE_HIDDEN, label_nc, 3),
-          "mlp_gamma": _conv(source, f"{key}.mlp_gamma", norm_nc, SPADE_HIDDEN, 3),
-          "mlp_beta": _conv(source, f"{key}.mlp_beta", norm_nc, SPADE_HIDDEN, 3)}
+  return {"mlp_shared": take_conv(source, f"{key}.mlp_shared.0", label_nc, SPADE_HIDDEN, 3),
+          "mlp_gamma": take_conv(source, f"{key}.mlp_gamma", SPADE_HIDDEN, norm_nc, 3),
+          "mlp_beta": take_conv(source, f"{key}.mlp_beta", SPADE_HIDDEN, norm_nc, 3)}
 
 
 def _block(source: SourceDict, key: str, fin: int, fout: int, label_nc: int) -> dict[str, Any]:
@@ -55,13 +50,13 @@ def _block(source: SourceDict, key: str, fin: int, fout: int, label_nc: int) -> 
 def convert(source: SourceDict, cfg: Mapping[str, Any]) -> dict[str, Any]:
   """Params of SPADEDecoder(cfg) from the state dict in `source`; every key is used exactly once."""
   cin, cout = decoder_sizes(cfg)
-  params = {"fc": _conv(source, "fc", 2 * cin, cin, 3),
+  params = {"fc": take_conv(source, "fc", cin, 2 * cin, 3),
             "G_middle": {i: _block(source, f"G_middle_{i}", 2 * cin, 2 * cin, cin) for i in range(NUM_MIDDLE_BLOCKS)},
             "up_0": _block(source, "up_0", 2 * cin, cin, cin),
             "up_1": _block(source, "up_1", cin, cout, cin)}
   if uses_pixel_shuffle(cfg):
-    params["conv_img"] = _conv(source, "conv_img.0", 3 * PIXEL_SHUFFLE ** 2, cout, 3)
+    params["conv_img"] = take_conv(source, "conv_img.0", cout, 3 * PIXEL_SHUFFLE ** 2, 3)
   else:
-    params["conv_img"] = _conv(source, "conv_img", 3, cout, 3)
+    params["conv_img"] = take_conv(source, "conv_img", cout, 3, 3)
   source.finish()
   return params

@@ -8,7 +8,7 @@ have no weights). Keys arrive with the DDP `module.` prefix already stripped.
 import itertools
 from typing import Any, Mapping
 
-from playmate_jax.convert.common import SourceDict, linear_kernel
+from playmate_jax.convert.common import SourceDict, take_linear
 from playmate_jax.errors import UserError
 from playmate_jax.renderer.stitching import PARTS, mlp_sizes
 
@@ -19,9 +19,7 @@ def convert_mlp(source: SourceDict, mlp_cfg: Mapping[str, Any], part: str = "mlp
   sizes = [input_size, *hidden, output_size]
   layers = {}
   for i, (cin, cout) in enumerate(itertools.pairwise(sizes)):
-    key = f"mlp.{2 * i}"
-    layers[i] = {"kernel": linear_kernel(source.take(f"{key}.weight", (cout, cin))),
-                 "bias": source.take(f"{key}.bias", (cout,))}
+    layers[i] = take_linear(source, f"mlp.{2 * i}", cin, cout)
   source.finish()
   return {"layers": layers}
 

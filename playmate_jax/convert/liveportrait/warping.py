@@ -7,8 +7,8 @@ channels are permuted to our depth-major order (see playmate_jax/renderer/warpin
 
 from typing import Any, Mapping
 
-from playmate_jax.convert.common import SourceDict
-from playmate_jax.convert.liveportrait.appearance import depth_major, take_conv, take_conv_bn
+from playmate_jax.convert.common import SourceDict, take_conv, take_conv_bn
+from playmate_jax.convert.liveportrait.appearance import depth_major
 from playmate_jax.renderer.layers import hourglass_channels
 
 
