@@ -358,33 +358,18 @@ def abstract_model(cfg: Wav2Vec2Config, dtype: Any = jnp.float32) -> Wav2Vec2Mod
 
 
 def expected_params(cfg: Wav2Vec2Config) -> dict[str, Any]:
-  """The parameter tree of the model as zero-memory arrays of the right shapes (for common.check_covers)."""
-  state = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
-  return jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), state)
+  """The parameter tree of the model as ShapeDtypeStructs (for common.check_covers and random weights)."""
+  return common.abstract_params(abstract_model(cfg))
 
 
 def model_from_params(cfg: Wav2Vec2Config, params: Mapping[str, Any], dtype: Any = jnp.float32) -> Wav2Vec2Model:
   """The model holding `params` (the nested dict layout of nnx.to_pure_dict(nnx.state(model, nnx.Param)))."""
-  model = abstract_model(cfg, dtype)
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
-  nnx.update(model, state)
-  return model
+  return common.with_params(abstract_model(cfg, dtype), params)
 
 
 def random_params(cfg: Wav2Vec2Config, seed: int = 0) -> dict[str, Any]:
   """Random parameters in numpy (fast, no compilation): kernels N(0, 1 / fan_in), norms identity, biases 0.1 N."""
-  rng = np.random.default_rng(seed)
-
-  def init(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "kernel" in name:
-      return (rng.standard_normal(leaf.shape, np.float32) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
-    if "scale" in name:
-      return np.ones(leaf.shape, np.float32)
-    return (0.1 * rng.standard_normal(leaf.shape, np.float32)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(init, expected_params(cfg))
+  return common.random_params(expected_params(cfg), seed, bias_std=0.1)
 
 
 def random_model(cfg: Wav2Vec2Config | None = None, *, seed: int = 0, dtype: Any = jnp.float32) -> Wav2Vec2Model:

@@ -14,7 +14,10 @@ import json
 import os
 from typing import Any, Iterable, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from playmate_jax.errors import UserError
 
@@ -199,6 +202,38 @@ def check_covers(expected: Mapping[str, Any], converted: Mapping[str, Any], what
   for k in want:
     if want[k] != have[k]:
       raise UserError(f"{what}: parameter {k} has shape {have[k]} but the model expects {want[k]}.")
+
+
+def abstract_params(abstract_module: nnx.Module) -> dict[str, Any]:
+  """The Param tree of a module built with nnx.eval_shape, as a pure dict of ShapeDtypeStructs: the layout
+  converted weights must have (check_covers) and the shapes random weights are drawn for."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                      nnx.to_pure_dict(nnx.state(abstract_module, nnx.Param)))
+
+
+def with_params(abstract_module: nnx.Module, params: Mapping[str, Any]) -> nnx.Module:
+  """`abstract_module` (from nnx.eval_shape: nothing initialized) holding `params`, a pure dict in its layout."""
+  state = nnx.state(abstract_module, nnx.Param)
+  nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(params)))
+  nnx.update(abstract_module, state)
+  return abstract_module
+
+
+def random_params(abstract: Mapping[str, Any], seed: int = 0, bias_std: float = 0.0) -> dict[str, Any]:
+  """Random weights for a parameter tree, drawn on the host (no XLA compile per shape, unlike an NNX init):
+  `kernel`s N(0, 1 / fan_in), `scale`s one, everything else (biases, shifts) N(0, bias_std^2)."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    shape = tuple(leaf.shape)
+    if name == "kernel":
+      return (rng.standard_normal(shape) / np.sqrt(max(1, int(np.prod(shape[:-1]))))).astype(np.float32)
+    if name == "scale":
+      return np.ones(shape, np.float32)
+    return (bias_std * rng.standard_normal(shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, dict(abstract))
 
 
 def save_converted(dst: str | os.PathLike, kind: str, config: Mapping[str, Any], params: Mapping[str, Any],

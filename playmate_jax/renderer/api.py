@@ -130,11 +130,12 @@ class Renderer:
   def random(cls, config: Mapping[str, Any] | None = None, seed: int = 0, dtype: Any = jnp.float32,
              crop_size: int = CROP_SIZE) -> "Renderer":
     """Randomly initialized networks (for tests and demos), full size unless `config` says otherwise."""
+    from playmate_jax.convert.common import random_params
     from playmate_jax.renderer.networks import abstract_params, networks_with_params
     warnings.warn(RANDOM_WARNING, stacklevel=2)
     logging.getLogger(__name__).warning(RANDOM_WARNING)
     config = dict(config or RELEASED_MODEL_PARAMS)
-    params = _random_params(abstract_params(config), np.random.default_rng(seed))
+    params = random_params(abstract_params(config), seed)  # on the host: an NNX init compiles per shape
     return cls(networks_with_params(config, params, dtype), config, dtype=dtype, crop_size=crop_size)
 
   # --- networks -------------------------------------------------------------------------------------------------
@@ -194,19 +195,6 @@ class Renderer:
   @property
   def num_kp(self) -> int:
     return int(self.model_params["motion_extractor_params"].get("num_kp", motion.NUM_KP))
-
-
-def _random_params(abstract: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-  """Random parameters drawn on the host (no per-shape XLA compiles): kernels LeCun-normal, norm scales one,
-  everything else (biases, shifts, GRN gamma/beta) zero."""
-  def draw(path, leaf):
-    name = str(getattr(path[-1], "key", path[-1]))
-    shape = tuple(leaf.shape)
-    if name == "kernel":
-      fan_in = int(np.prod(shape[:-1])) or 1
-      return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-    return np.full(shape, 1.0 if name == "scale" else 0.0, np.float32)
-  return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def _images(x) -> jax.Array:

@@ -7,7 +7,6 @@ and demos (any crop size divisible by 32 works with them, e.g. 64). `load_models
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any
 
@@ -56,11 +55,6 @@ TINY_MODEL_PARAMS: dict[str, Any] = {
         "eye": {"input_size": 66, "hidden_sizes": [16], "output_size": 63},
     },
 }
-
-
-def released() -> dict[str, Any]:
-  """A fresh copy of the released sizes."""
-  return copy.deepcopy(RELEASED_MODEL_PARAMS)
 
 
 def load_models_yaml(path: str | os.PathLike) -> dict[str, Any]:

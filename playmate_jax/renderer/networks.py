@@ -1,16 +1,16 @@
 """All of LivePortrait's networks in one NNX module, with the converted-weights layout as its state.
 
 The attribute names are the converted params' top-level keys (and LivePortrait's config names), so
-`nnx.state(LivePortraitNetworks(...), nnx.Param).to_pure_dict()` has exactly the layout that
+`nnx.to_pure_dict(nnx.state(LivePortraitNetworks(...), nnx.Param))` has exactly the layout that
 `playmate_jax.convert.liveportrait` writes.
 """
 
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from playmate_jax.convert import common
 from playmate_jax.renderer.appearance import AppearanceFeatureExtractor
 from playmate_jax.renderer.motion_extractor import MotionExtractor
 from playmate_jax.renderer.spade import SPADEDecoder
@@ -32,18 +32,17 @@ class LivePortraitNetworks(nnx.Module):
         p["stitching_retargeting_module_params"], dtype=dtype, rngs=rngs)
 
 
+def abstract_networks(model_params: Mapping[str, Any], dtype: Any = jnp.float32) -> LivePortraitNetworks:
+  """The networks with shapes only (nothing allocated or initialized)."""
+  return nnx.eval_shape(lambda: LivePortraitNetworks(model_params, dtype=dtype, rngs=nnx.Rngs(0)))
+
+
 def abstract_params(model_params: Mapping[str, Any]) -> dict[str, Any]:
   """The parameter tree (pure dict of ShapeDtypeStructs) the converted weights must cover exactly."""
-  model = nnx.eval_shape(lambda: LivePortraitNetworks(model_params, rngs=nnx.Rngs(0)))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                      nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  return common.abstract_params(abstract_networks(model_params))
 
 
 def networks_with_params(model_params: Mapping[str, Any], params: Mapping[str, Any],
                          dtype: Any = jnp.float32) -> LivePortraitNetworks:
-  """The networks holding `params` (converted weights), built without a wasted random initialization."""
-  model = nnx.eval_shape(lambda: LivePortraitNetworks(model_params, dtype=dtype, rngs=nnx.Rngs(0)))
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-  nnx.update(model, state)
-  return model
+  """The networks holding `params` (converted or random weights), built without a wasted initialization."""
+  return common.with_params(abstract_networks(model_params, dtype), params)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from playmate_jax.errors import UserError
-from playmate_jax.renderer.layers import precision_for
+from playmate_jax.renderer.layers import precision_for, upsample_hw
 
 SPADE_HIDDEN = 128
 INSTANCE_NORM_EPS = 1e-5
@@ -68,12 +68,6 @@ def apply_conv(conv: nnx.Conv, x: jax.Array, *, dtype: Any, out_dtype: Any = Non
   """`conv` (a stride-1 'same' nnx.Conv) applied with `conv2d`."""
   bias = conv.bias[...] if conv.bias is not None else None
   return conv2d(x, conv.kernel[...], bias, dtype=dtype, out_dtype=out_dtype)
-
-
-def upsample2x(x: jax.Array) -> jax.Array:
-  """Nearest-neighbour 2x upsampling of [B, H, W, C]."""
-  b, h, w, c = x.shape
-  return jnp.broadcast_to(x[:, :, None, :, None], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
 
 
 def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -190,8 +184,8 @@ class SPADEDecoder(nnx.Module):
     x = apply_conv(self.fc, seg, dtype=self.dtype, out_dtype=jnp.float32)
     for block in self.G_middle:
       x = block(x, seg)
-    x = self.up_0(upsample2x(x), seg)
-    x = self.up_1(upsample2x(x), seg)
+    x = self.up_0(upsample_hw(x), seg)
+    x = self.up_1(upsample_hw(x), seg)
     x = apply_conv(self.conv_img, leaky_relu(x), dtype=self.dtype, out_dtype=jnp.float32)
     if self.pixel_shuffle:
       x = pixel_shuffle(x, PIXEL_SHUFFLE)
