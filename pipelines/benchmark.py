@@ -1,12 +1,14 @@
 """Throughput of the project's parts, measured on whatever devices JAX sees.
 
   python pipelines/benchmark.py train --config=configs/stage1.py [--config.KEY=VALUE ...] [--steps 30] [--json OUT]
-  python pipelines/benchmark.py render [--renderer WEIGHTS_DIR|random|random:tiny] [--batch-sizes 1,32] [--steps 30] [--json OUT]
+  python pipelines/benchmark.py render [--renderer WEIGHTS_DIR|random|random:tiny] [--batch-sizes 1,32] [--parts]
+                                       [--steps 30] [--json OUT]
   python pipelines/benchmark.py audio [--weights WAV2VEC2_DIR|random] [--seconds 3600] [--dtype bfloat16] [--json OUT]
 
 `render`: warp + decode (W then G, the per-frame cost of every video this project writes) at the released sizes
 (random weights unless --renderer points to converted weights), in fp32 and bf16, per frame at each batch size;
-W and G also timed apart; and the PSNR of the bf16 image against the fp32 one on the same inputs.
+W and G also timed apart; XLA's FLOP count of W+G per frame and the rate it implies; the PSNR of the bf16 image
+against the fp32 one on the same inputs; with --parts, W's and G's stages timed one by one (bf16).
 
 `audio`: wav2vec2 features (25 fps rows, chunked as configured in configs/stage1.py's audio section) for
 --seconds of audio through a wav2vec2-base-sized encoder with random weights, or the converted one given by
@@ -118,60 +120,97 @@ def render_inputs(model_params, batch: int, crop_size: int = 256, seed: int = 0)
   return feature, kp, driving
 
 
-def bench_render(renderer: str, batch_sizes: list[int], steps: int) -> dict:
+def _render_parts(nets, feature, kp_s, kp_d):
+  """{part name: (fn(nets, *args), args)}: W's and G's stages on inputs of the right shapes (the profile by part)."""
+  import jax
+  import jax.numpy as jnp
+  from playmate_jax.renderer.grid_sample import grid_sample_3d
+  from playmate_jax.renderer.warping import fold_depth
+
+  w, g = nets.warping_module, nets.spade_generator
+  dense = w.dense_motion_network
+  inputs, _ = jax.jit(lambda f, a, b: dense.hourglass_inputs(f, a, b))(feature, kp_s, kp_d)
+  skips = jax.jit(lambda x: dense.hourglass.encoder(x))(inputs)
+  prediction = jax.jit(lambda s: dense.hourglass.decoder(s))(skips)
+  deformation = jnp.zeros(feature.shape[:4] + (3,), jnp.float32)
+  warped = jax.jit(lambda f, d: fold_depth(grid_sample_3d(f.astype(w.dtype), d)))(feature, deformation)
+  seg = jax.jit(lambda f, a, b: w(f, a, b)["out"])(feature, kp_s, kp_d)
+  b, h, wd, c = seg.shape
+  x64 = jnp.zeros((b, h, wd, 2 * c), jnp.float32)
+  x128 = jnp.zeros((b, 2 * h, 2 * wd, 2 * c), jnp.float32)
+  x256 = jnp.zeros((b, 4 * h, 4 * wd, c), jnp.float32)
+  return {
+      "W.hourglass_inputs": (lambda n, f, a, b: n.warping_module.dense_motion_network.hourglass_inputs(f, a, b),
+                             (feature, kp_s, kp_d)),
+      "W.hourglass_encoder": (lambda n, x: n.warping_module.dense_motion_network.hourglass.encoder(x), (inputs,)),
+      "W.hourglass_decoder": (lambda n, s: n.warping_module.dense_motion_network.hourglass.decoder(s), (skips,)),
+      "W.mask_conv": (lambda n, p: n.warping_module.dense_motion_network.mask_logits(p), (prediction,)),
+      "W.occlusion_conv": (lambda n, p: n.warping_module.dense_motion_network.occlusion_logits(p), (prediction,)),
+      "W.final_grid_sample": (lambda n, f, d: grid_sample_3d(f.astype(n.warping_module.dtype), d),
+                              (feature, deformation)),
+      "W.third_fourth": (lambda n, x: n.warping_module.fourth(n.warping_module.third(x)), (warped,)),
+      "G.middle_block": (lambda n, x, s: n.spade_generator.G_middle[0](x, s), (x64, seg)),
+      "G.up_0": (lambda n, x, s: n.spade_generator.up_0(x, s), (x128, seg)),
+      "G.up_1": (lambda n, x, s: n.spade_generator.up_1(x, s), (x256, seg)),
+  }
+
+
+def bench_render(renderer: str, batch_sizes: list[int], steps: int, parts: bool = False) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
   from flax import nnx
-  from playmate_jax.renderer.networks import LivePortraitNetworks
+  from playmate_jax.convert import common
   from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS, TINY_MODEL_PARAMS
+  from playmate_jax.renderer.networks import abstract_networks, abstract_params, networks_with_params
 
   crop_size = 256
-  if renderer == "random":
-    model_params, params = RELEASED_MODEL_PARAMS, None
-  elif renderer == "random:tiny":  # a quick check on a CPU
-    model_params, params, crop_size = TINY_MODEL_PARAMS, None, 64
+  if renderer in ("random", "random:tiny"):  # random:tiny: a quick check on a CPU
+    model_params = RELEASED_MODEL_PARAMS if renderer == "random" else TINY_MODEL_PARAMS
+    crop_size = 256 if renderer == "random" else 64
+    params = common.random_params(abstract_params(model_params))
   else:
-    from playmate_jax.convert.common import load_converted
-    model_params, params = load_converted(renderer, "liveportrait")
-  graphs = {}
-  for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
-    model = nnx.eval_shape(lambda: LivePortraitNetworks(model_params, dtype=dtype, rngs=nnx.Rngs(0)))
-    graphs[name] = nnx.split(model)[0]
-  state = nnx.state(LivePortraitNetworks(model_params, rngs=nnx.Rngs(0)))
-  if params is not None:
-    nnx.replace_by_pure_dict(state, params)
+    model_params, params = common.load_converted(renderer, "liveportrait")
+  state = nnx.state(networks_with_params(model_params, params))
+  graphs = {name: nnx.graphdef(abstract_networks(model_params, dtype))
+            for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16))}
 
-  def make(graph, part):
-    @jax.jit
-    def fn(state, feature, kp_s, kp_d):
-      nets = nnx.merge(graph, state)
-      if part == "G":
-        return nets.spade_generator(feature)
-      warped = nets.warping_module(feature, kp_s, kp_d)
-      if part == "W":
-        return warped["out"]
-      return nets.spade_generator(warped["out"])
-    return fn
+  def jitted(graph, fn):
+    return jax.jit(lambda state, *args: fn(nnx.merge(graph, state), *args))
 
-  result = {"device": jax.devices()[0].device_kind, "renderer": renderer, "params": sum(
-      x.size for x in jax.tree.leaves(state))}
+  def warp(nets, f, a, b):
+    return nets.warping_module(f, a, b)["out"]
+
+  def decode(nets, x):
+    return nets.spade_generator(x)
+
+  result = {"device": jax.devices()[0].device_kind, "renderer": renderer,
+            "params": sum(x.size for x in jax.tree.leaves(state))}
   for batch in batch_sizes:
     feature, kp_s, kp_d = jax.device_put(render_inputs(model_params, batch, crop_size))  # time compute, not transfers
     images = {}
     for name, graph in graphs.items():
-      wg = make(graph, "WG")
+      wg, w, g = (jitted(graph, lambda n, f, a, b: decode(n, warp(n, f, a, b))), jitted(graph, warp),
+                  jitted(graph, decode))
+      key = f"{name}_b{batch}"
+      flops = wg.lower(state, feature, kp_s, kp_d).cost_analysis()
+      flops = (flops[0] if isinstance(flops, (list, tuple)) else flops or {}).get("flops", float("nan"))
       compile_s, times = _time(wg, (state, feature, kp_s, kp_d), steps)
       images[name] = np.asarray(wg(state, feature, kp_s, kp_d), np.float32)
-      key = f"{name}_b{batch}"
-      result[f"{key}_wg_ms_per_frame"] = 1e3 * statistics.median(times) / batch
+      median = statistics.median(times)
+      result[f"{key}_wg_ms_per_frame"] = 1e3 * median / batch
       result[f"{key}_wg_ms_per_frame_iqr"] = 1e3 * float(np.subtract(*np.percentile(times, [75, 25]))) / batch
       result[f"{key}_wg_compile_s"] = compile_s
-      warp_out = jax.block_until_ready(make(graph, "W")(state, feature, kp_s, kp_d))
-      _, w_times = _time(make(graph, "W"), (state, feature, kp_s, kp_d), steps)
-      _, g_times = _time(make(graph, "G"), (state, warp_out, kp_s, kp_d), steps)
+      result[f"{key}_wg_gflop_per_frame"] = flops / batch / 1e9
+      result[f"{key}_wg_tflops_per_s"] = flops / median / 1e12
+      _, w_times = _time(w, (state, feature, kp_s, kp_d), steps)
+      _, g_times = _time(g, (state, w(state, feature, kp_s, kp_d)), steps)
       result[f"{key}_w_ms_per_frame"] = 1e3 * statistics.median(w_times) / batch
       result[f"{key}_g_ms_per_frame"] = 1e3 * statistics.median(g_times) / batch
+      if parts and name == "bf16":
+        for part, (fn, args) in _render_parts(nnx.merge(graph, state), feature, kp_s, kp_d).items():
+          _, part_times = _time(jitted(graph, fn), (state, *args), steps)
+          result[f"{key}_{part}_ms_per_frame"] = 1e3 * statistics.median(part_times) / batch
     mse = float(np.mean((images["bf16"] - images["fp32"]) ** 2))
     result[f"b{batch}_bf16_psnr_db"] = float(10 * np.log10(1.0 / max(mse, 1e-20)))
     result[f"b{batch}_fp32_image_std"] = float(images["fp32"].std())
@@ -205,6 +244,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--renderer", default="random",
                       help="converted LivePortrait weights, random (released sizes) or random:tiny (render)")
   parser.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (render)")
+  parser.add_argument("--parts", action="store_true", help="also time W's and G's stages in bf16 (render)")
   parser.add_argument("--weights", default="random", help="converted wav2vec2/HuBERT weights, or random (audio)")
   parser.add_argument("--seconds", type=float, default=3600.0, help="length of audio to encode (audio)")
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute (audio)")
@@ -217,7 +257,7 @@ def main(argv: list[str]) -> int:
     from playmate_jax import configlib
     from playmate_jax.errors import UserError
     if args.what == "render":
-      result = bench_render(args.renderer, [int(b) for b in args.batch_sizes.split(",")], args.steps)
+      result = bench_render(args.renderer, [int(b) for b in args.batch_sizes.split(",")], args.steps, args.parts)
     elif args.what == "audio":
       result = bench_audio(args.weights, args.seconds, args.dtype)
     else:

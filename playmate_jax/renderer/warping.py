@@ -81,7 +81,9 @@ class DenseMotionNetwork(nnx.Module):
     self.occlusion = (conv(out * self.reshape_depth, 1, 7, 2, dtype=dtype, rngs=rngs)
                       if estimate_occlusion_map else None)
 
-  def __call__(self, feature: jax.Array, kp_source: jax.Array, kp_driving: jax.Array) -> dict[str, jax.Array]:
+  def hourglass_inputs(self, feature: jax.Array, kp_source: jax.Array,
+                       kp_driving: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(hourglass input [B, d, h, w, (K+1)(compress+1)], sparse motions [B, d, h, w, K+1, 3])."""
     b, d, h, w, _ = feature.shape
     step = 2 ** self.hourglass.num_blocks
     if h % step or w % step:
@@ -97,14 +99,23 @@ class DenseMotionNetwork(nnx.Module):
     heatmap = keypoint_gaussians(kp_driving, grid) - keypoint_gaussians(kp_source, grid)
     heatmap = jnp.concatenate([jnp.zeros_like(heatmap[..., :1]), heatmap], axis=-1)
     inputs = jnp.concatenate([heatmap[..., None].astype(self.dtype), deformed], axis=-1)
-    prediction = self.hourglass(inputs.reshape(b, d, h, w, -1))
+    return inputs.reshape(b, d, h, w, -1), motions
 
-    mask_logits = conv3d_by_depth_taps(prediction, self.mask, self.dtype)
-    mask = jax.nn.softmax(mask_logits.astype(jnp.float32), axis=-1)               # [B, d, h, w, K+1]
+  def mask_logits(self, prediction: jax.Array) -> jax.Array:
+    """The 7x7x7 mask convolution of the hourglass output: [B, d, h, w, K+1]."""
+    return conv3d_by_depth_taps(prediction, self.mask, self.dtype)
+
+  def occlusion_logits(self, prediction: jax.Array) -> jax.Array:
+    """The occlusion convolution of the hourglass output read as 2-D: [B, h, w, 1]."""
+    return conv2d_by_spatial_taps(fold_depth(prediction), self.occlusion, self.dtype)
+
+  def __call__(self, feature: jax.Array, kp_source: jax.Array, kp_driving: jax.Array) -> dict[str, jax.Array]:
+    inputs, motions = self.hourglass_inputs(feature, kp_source, kp_driving)
+    prediction = self.hourglass(inputs)
+    mask = jax.nn.softmax(self.mask_logits(prediction).astype(jnp.float32), axis=-1)   # [B, d, h, w, K+1]
     result = {"mask": mask, "deformation": jnp.sum(motions * mask[..., None], axis=-2)}
     if self.occlusion is not None:
-      occlusion = conv2d_by_spatial_taps(fold_depth(prediction), self.occlusion, self.dtype)
-      result["occlusion_map"] = jax.nn.sigmoid(occlusion.astype(jnp.float32))  # [B, h, w, 1]
+      result["occlusion_map"] = jax.nn.sigmoid(self.occlusion_logits(prediction).astype(jnp.float32))
     return result
 
 
