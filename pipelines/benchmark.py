@@ -5,9 +5,9 @@
                                        [--steps 30] [--json OUT]
   python pipelines/benchmark.py audio [--weights WAV2VEC2_DIR|random] [--seconds 3600] [--dtype bfloat16] [--json OUT]
 
-`render`: warp + decode (W then G, the per-frame cost of every video this project writes) at the released sizes
+`render`: warp + decode (Renderer.warp_decode: W then G, the per-frame cost of every video) at the released sizes
 (random weights unless --renderer points to converted weights), in fp32 and bf16, per frame at each batch size;
-W and G also timed apart; XLA's FLOP count of W+G per frame and the rate it implies; the PSNR of the bf16 image
+W and G also timed apart; the matmul/conv FLOPs of W+G per frame (counted on the jaxpr) and the rate they imply; the PSNR of the bf16 image
 against the fp32 one on the same inputs; with --parts, W's and G's stages timed one by one (bf16).
 
 `audio`: wav2vec2 features (25 fps rows, chunked as configured in configs/stage1.py's audio section) for
@@ -120,8 +120,36 @@ def render_inputs(model_params, batch: int, crop_size: int = 256, seed: int = 0)
   return feature, kp, driving
 
 
+def matmul_flops(fn, *args) -> float:
+  """2 x the multiply-adds of every matmul and convolution in fn's jaxpr: the model FLOPs, counted the same way
+  on every backend (XLA's own cost analysis does not count the GPU's library calls)."""
+  import math
+
+  import jax
+
+  def walk(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+      name = eqn.primitive.name
+      out = math.prod(eqn.outvars[0].aval.shape)
+      if name == "dot_general":
+        (contract, _), _ = eqn.params["dimension_numbers"]
+        total += 2.0 * out * math.prod(eqn.invars[0].aval.shape[d] for d in contract)
+      elif name == "conv_general_dilated":
+        kernel, spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec
+        total += 2.0 * out * kernel[spec[1]] * math.prod(kernel[d] for d in spec[2:])
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          inner = getattr(sub, "jaxpr", sub)
+          if hasattr(inner, "eqns"):
+            total += walk(inner) * (eqn.params.get("length", 1) if name == "scan" else 1)
+    return total
+
+  return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
 def _render_parts(nets, feature, kp_s, kp_d):
-  """{part name: (fn(nets, *args), args)}: W's and G's stages on inputs of the right shapes (the profile by part)."""
+  """{part: (module, fn(module, *args), args)}: W's and G's stages on inputs of the right shapes."""
   import jax
   import jax.numpy as jnp
   from playmate_jax.renderer.grid_sample import grid_sample_3d
@@ -140,29 +168,28 @@ def _render_parts(nets, feature, kp_s, kp_d):
   x128 = jnp.zeros((b, 2 * h, 2 * wd, 2 * c), jnp.float32)
   x256 = jnp.zeros((b, 4 * h, 4 * wd, c), jnp.float32)
   return {
-      "W.hourglass_inputs": (lambda n, f, a, b: n.warping_module.dense_motion_network.hourglass_inputs(f, a, b),
-                             (feature, kp_s, kp_d)),
-      "W.hourglass_encoder": (lambda n, x: n.warping_module.dense_motion_network.hourglass.encoder(x), (inputs,)),
-      "W.hourglass_decoder": (lambda n, s: n.warping_module.dense_motion_network.hourglass.decoder(s), (skips,)),
-      "W.mask_conv": (lambda n, p: n.warping_module.dense_motion_network.mask_logits(p), (prediction,)),
-      "W.occlusion_conv": (lambda n, p: n.warping_module.dense_motion_network.occlusion_logits(p), (prediction,)),
-      "W.final_grid_sample": (lambda n, f, d: grid_sample_3d(f.astype(n.warping_module.dtype), d),
-                              (feature, deformation)),
-      "W.third_fourth": (lambda n, x: n.warping_module.fourth(n.warping_module.third(x)), (warped,)),
-      "G.middle_block": (lambda n, x, s: n.spade_generator.G_middle[0](x, s), (x64, seg)),
-      "G.up_0": (lambda n, x, s: n.spade_generator.up_0(x, s), (x128, seg)),
-      "G.up_1": (lambda n, x, s: n.spade_generator.up_1(x, s), (x256, seg)),
+      "W.hourglass_inputs": (dense, lambda m, f, a, b: m.hourglass_inputs(f, a, b), (feature, kp_s, kp_d)),
+      "W.hourglass_encoder": (dense, lambda m, x: m.hourglass.encoder(x), (inputs,)),
+      "W.hourglass_decoder": (dense, lambda m, s: m.hourglass.decoder(s), (skips,)),
+      "W.mask_conv": (dense, lambda m, p: m.mask_logits(p), (prediction,)),
+      "W.occlusion_conv": (dense, lambda m, p: m.occlusion_logits(p), (prediction,)),
+      "W.final_grid_sample": (w, lambda m, f, d: grid_sample_3d(f.astype(m.dtype), d), (feature, deformation)),
+      "W.third_fourth": (w, lambda m, x: m.fourth(m.third(x)), (warped,)),
+      "G.middle_block": (g.G_middle[0], lambda m, x, s: m(x, s), (x64, seg)),
+      "G.up_0": (g.up_0, lambda m, x, s: m(x, s), (x128, seg)),
+      "G.up_1": (g.up_1, lambda m, x, s: m(x, s), (x256, seg)),
   }
 
 
 def bench_render(renderer: str, batch_sizes: list[int], steps: int, parts: bool = False) -> dict:
+  """Times Renderer.warp_decode (the call every video goes through), and W and G alone, in fp32 and bf16."""
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from flax import nnx
   from playmate_jax.convert import common
+  from playmate_jax.renderer.api import Renderer, jit_module
   from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS, TINY_MODEL_PARAMS
-  from playmate_jax.renderer.networks import abstract_networks, abstract_params, networks_with_params
+  from playmate_jax.renderer.networks import abstract_params, networks_with_params
 
   crop_size = 256
   if renderer in ("random", "random:tiny"):  # random:tiny: a quick check on a CPU
@@ -171,46 +198,38 @@ def bench_render(renderer: str, batch_sizes: list[int], steps: int, parts: bool 
     params = common.random_params(abstract_params(model_params))
   else:
     model_params, params = common.load_converted(renderer, "liveportrait")
-  state = nnx.state(networks_with_params(model_params, params))
-  graphs = {name: nnx.graphdef(abstract_networks(model_params, dtype))
-            for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16))}
-
-  def jitted(graph, fn):
-    return jax.jit(lambda state, *args: fn(nnx.merge(graph, state), *args))
-
-  def warp(nets, f, a, b):
-    return nets.warping_module(f, a, b)["out"]
-
-  def decode(nets, x):
-    return nets.spade_generator(x)
+  renderers = {name: Renderer(networks_with_params(model_params, params, dtype), model_params, dtype=dtype,
+                              crop_size=crop_size)
+               for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16))}
 
   result = {"device": jax.devices()[0].device_kind, "renderer": renderer,
-            "params": sum(x.size for x in jax.tree.leaves(state))}
+            "params": sum(int(np.size(x)) for x in jax.tree.leaves(params))}
   for batch in batch_sizes:
     feature, kp_s, kp_d = jax.device_put(render_inputs(model_params, batch, crop_size))  # time compute, not transfers
+    flops = matmul_flops(renderers["fp32"].warp_decode, feature, kp_s, kp_d)
     images = {}
-    for name, graph in graphs.items():
-      wg, w, g = (jitted(graph, lambda n, f, a, b: decode(n, warp(n, f, a, b))), jitted(graph, warp),
-                  jitted(graph, decode))
+    for name, r in renderers.items():
       key = f"{name}_b{batch}"
-      flops = wg.lower(state, feature, kp_s, kp_d).cost_analysis()
-      flops = (flops[0] if isinstance(flops, (list, tuple)) else flops or {}).get("flops", float("nan"))
-      compile_s, times = _time(wg, (state, feature, kp_s, kp_d), steps)
-      images[name] = np.asarray(wg(state, feature, kp_s, kp_d), np.float32)
+      compile_s, times = _time(r.warp_decode, (feature, kp_s, kp_d), steps)
+      images[name] = np.asarray(r.warp_decode(feature, kp_s, kp_d), np.float32)
       median = statistics.median(times)
       result[f"{key}_wg_ms_per_frame"] = 1e3 * median / batch
       result[f"{key}_wg_ms_per_frame_iqr"] = 1e3 * float(np.subtract(*np.percentile(times, [75, 25]))) / batch
       result[f"{key}_wg_compile_s"] = compile_s
-      result[f"{key}_wg_gflop_per_frame"] = flops / batch / 1e9
       result[f"{key}_wg_tflops_per_s"] = flops / median / 1e12
-      _, w_times = _time(w, (state, feature, kp_s, kp_d), steps)
-      _, g_times = _time(g, (state, w(state, feature, kp_s, kp_d)), steps)
+      nets = r.networks
+      w, w_state = jit_module(nets.warping_module, lambda m, f, a, b: m(f, a, b)["out"])
+      g, g_state = jit_module(nets.spade_generator, lambda m, x: m(x))
+      _, w_times = _time(w, (w_state, feature, kp_s, kp_d), steps)
+      _, g_times = _time(g, (g_state, w(w_state, feature, kp_s, kp_d)), steps)
       result[f"{key}_w_ms_per_frame"] = 1e3 * statistics.median(w_times) / batch
       result[f"{key}_g_ms_per_frame"] = 1e3 * statistics.median(g_times) / batch
       if parts and name == "bf16":
-        for part, (fn, args) in _render_parts(nnx.merge(graph, state), feature, kp_s, kp_d).items():
-          _, part_times = _time(jitted(graph, fn), (state, *args), steps)
+        for part, (module, fn, args) in _render_parts(nets, feature, kp_s, kp_d).items():
+          run, state = jit_module(module, fn)
+          _, part_times = _time(run, (state, *args), steps)
           result[f"{key}_{part}_ms_per_frame"] = 1e3 * statistics.median(part_times) / batch
+    result[f"b{batch}_wg_gflop_per_frame"] = flops / batch / 1e9
     mse = float(np.mean((images["bf16"] - images["fp32"]) ** 2))
     result[f"b{batch}_bf16_psnr_db"] = float(10 * np.log10(1.0 / max(mse, 1e-20)))
     result[f"b{batch}_fp32_image_std"] = float(images["fp32"].std())

@@ -42,8 +42,9 @@ _COMPONENTS = ("appearance_feature_extractor", "motion_extractor", "warping_modu
                "stitching_retargeting_module")
 
 
-def _jit_component(module: nnx.Module, fn: Callable) -> tuple[Callable, Any]:
-  """(jitted pure fn(state, *args), state) for `fn(module, *args)`; the graph definition is static."""
+def jit_module(module: nnx.Module, fn: Callable) -> tuple[Callable, Any]:
+  """(jitted pure fn(state, *args), state) for `fn(module, *args)`; the graph definition is static, and only
+  this module's parameters cross the jit boundary (a call's host cost grows with the leaves it passes)."""
   graphdef, state = nnx.split(module)
 
   @jax.jit
@@ -106,13 +107,13 @@ class Renderer:
     self.crop_size = int(crop_size)
     self.networks = networks  # for inspection and tests; calls go through the jitted functions below
     nets = {name: getattr(networks, name) for name in _COMPONENTS}
-    self._f = _jit_component(nets["appearance_feature_extractor"], _appearance)
-    self._m = _jit_component(nets["motion_extractor"], _motion)
-    self._wg = _jit_component(nnx.List([nets["warping_module"], nets["spade_generator"]]), _warp_decode)
+    self._f = jit_module(nets["appearance_feature_extractor"], _appearance)
+    self._m = jit_module(nets["motion_extractor"], _motion)
+    self._wg = jit_module(nnx.List([nets["warping_module"], nets["spade_generator"]]), _warp_decode)
     retargeting = nets["stitching_retargeting_module"]
-    self._s = _jit_component(retargeting, _stitch)
-    self._eye = _jit_component(retargeting, _retarget("eye"))
-    self._lip = _jit_component(retargeting, _retarget("lip"))
+    self._s = jit_module(retargeting, _stitch)
+    self._eye = jit_module(retargeting, _retarget("eye"))
+    self._lip = jit_module(retargeting, _retarget("lip"))
     self._render_size: int | None = None
 
   # --- construction -------------------------------------------------------------------------------------------
