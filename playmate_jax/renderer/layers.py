@@ -172,7 +172,8 @@ def conv3d_by_depth_taps(x: jax.Array, conv_module: nnx.Conv, dtype: Any) -> jax
   """A stride-1 'same' 3-D convolution computed as ONE 2-D convolution plus a shift-and-add over depth.
 
   out[d] = sum_i conv2d(x[d + i - p], kernel[i]): the 2-D convolution applies all depth taps at once (its output
-  channels are (tap, out)), and the taps' results are summed at their depth offsets in float32. Same numbers
+  channels are (tap, out), in the compute dtype), and the taps' results are summed at their depth offsets in
+  float32. Same numbers
   as the 3-D convolution up to summation order, about twice as fast on an H100 for the dense motion network's
   7x7x7 mask convolution (few output channels, large kernel), where cuDNN's 3-D kernels are slow.
   """
@@ -183,8 +184,8 @@ def conv3d_by_depth_taps(x: jax.Array, conv_module: nnx.Conv, dtype: Any) -> jax
   y = jax.lax.conv_general_dilated(
       x.reshape(b * d, h, w, cin).astype(dtype), per_tap.astype(dtype), (1, 1),
       [(kh // 2, kh // 2), (kw // 2, kw // 2)], dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      precision=precision_for(dtype), preferred_element_type=jnp.float32)
-  y = jnp.pad(y.reshape(b, d, h, w, kd, cout), [(0, 0), (kd // 2, kd // 2)] + [(0, 0)] * 4)
+      precision=precision_for(dtype))  # per-tap results in `dtype`: an fp32 output slows the conv down
+  y = jnp.pad(y.astype(jnp.float32).reshape(b, d, h, w, kd, cout), [(0, 0), (kd // 2, kd // 2)] + [(0, 0)] * 4)
   out = sum(y[:, i:i + d, :, :, i] for i in range(kd))
   return (out + bias.astype(jnp.float32)).astype(dtype)
 
