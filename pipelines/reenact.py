@@ -54,16 +54,7 @@ MAX_RATIO = 1.0
 def load_renderer(spec: str, dtype_name: str):
   import jax.numpy as jnp
   from playmate_jax.renderer.api import Renderer
-  from playmate_jax.renderer.config import TINY_MODEL_PARAMS
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
-  if spec == "random":
-    return Renderer.random(dtype=dtype)
-  if spec == "random:tiny":
-    return Renderer.random(TINY_MODEL_PARAMS, dtype=dtype, crop_size=64)
-  if not os.path.isdir(spec):
-    raise UserError(f"Renderer weights folder {spec} does not exist; convert LivePortrait's weights with "
-                    "`python pipelines/convert.py liveportrait --src .../liveportrait --dst DIR` and pass DIR.")
-  return Renderer.load(spec, dtype=dtype)
+  return Renderer.from_spec(spec, {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name])
 
 
 class _Retargeting:

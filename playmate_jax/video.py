@@ -40,13 +40,23 @@ logging.getLogger("imageio_ffmpeg").addFilter(_RotationNotice())
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
-  """What `probe` finds: frame rate, duration (s), an estimate of the frame count, upright size, audio."""
+  """What `probe` finds: frame rate, duration (s), an estimate of the frame count, upright size, audio, and the
+  video codec (e.g. 'h264'; an image codec such as 'mjpeg' or 'png' with duration 0 is a still image)."""
   fps: float
   duration: float
   num_frames: int  # round(duration * fps); count exactly with `count_frames`
   width: int
   height: int
   has_audio: bool
+  codec: str = ""
+
+  @property
+  def is_still_image(self) -> bool:
+    """A single picture (e.g. a JPEG or PNG file renamed .mp4), which ffmpeg reads as a one-frame video."""
+    return self.duration <= 0 and self.codec.rstrip(",") in STILL_IMAGE_CODECS
+
+
+STILL_IMAGE_CODECS = ("mjpeg", "png", "bmp", "tiff", "webp", "gif", "jpeg2000", "jpegls", "qoi")
 
 
 def _ffmpeg() -> str:
@@ -69,25 +79,44 @@ def _check_file(path: str) -> None:
     raise UserError(f"Video file {path} is empty (0 bytes); give a video file (mp4, mov, avi, ...).")
 
 
-def _unreadable(path: str) -> UserError:
+def _starts_like_mp4(path: str) -> bool:
+  """Whether the file begins with an ISO media 'ftyp' box (an mp4/mov, perhaps cut off), not just any bytes."""
+  with open(path, "rb") as f:
+    return f.read(8)[4:8] == b"ftyp"
+
+
+class TruncatedVideo(UserError):
+  """A video file that was cut off: its index is missing, or decoding stops part-way."""
+
+
+def _unreadable(path: str, error: Exception | None = None) -> UserError:
+  if error is not None and "moov atom not found" in str(error) and _starts_like_mp4(path):
+    return TruncatedVideo(f"Video file {path} is incomplete (its index, the mp4 'moov' atom, is missing: the "
+                          "download or copy was cut off); download or copy it again.")
   return UserError(f"Video file {path} could not be read by ffmpeg (not a video, or damaged); "
                    "re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) or give another file.")
 
 
-def _open(path: str, output_params: list[str] | None = None):
+def _open(path: str, output_params: list[str] | None = None, input_params: list[str] | None = None):
   """(meta, frame-bytes generator) of imageio_ffmpeg.read_frames, or UserError if ffmpeg cannot read the file."""
   _check_file(path)
-  gen = imageio_ffmpeg.read_frames(path, output_params=output_params)
+  gen = imageio_ffmpeg.read_frames(path, output_params=output_params, input_params=input_params)
   try:
     with _spawning():
       meta = next(gen)
-  except (OSError, RuntimeError, IndexError, ValueError, AttributeError, StopIteration):
+  except (OSError, RuntimeError, IndexError, ValueError, AttributeError, StopIteration) as e:
     gen.close()
-    raise _unreadable(path) from None
+    raise _unreadable(path, e) from None
   if not meta.get("size") or min(meta["size"]) <= 0:
     gen.close()
     raise _unreadable(path)
   return meta, gen
+
+
+def _info(meta: dict, upright: tuple[int, int]) -> VideoInfo:
+  fps, duration = float(meta.get("fps") or 0.0), float(meta.get("duration") or 0.0)
+  return VideoInfo(fps=fps, duration=duration, num_frames=int(round(duration * fps)), width=int(upright[0]),
+                   height=int(upright[1]), has_audio="audio_codec" in meta, codec=str(meta.get("codec", "")))
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -95,10 +124,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
   path = os.fspath(path)
   meta, gen = _open(path)
   gen.close()
-  fps, duration = float(meta.get("fps") or 0.0), float(meta.get("duration") or 0.0)
-  width, height = meta["size"]
-  return VideoInfo(fps=fps, duration=duration, num_frames=int(round(duration * fps)), width=int(width),
-                   height=int(height), has_audio="audio_codec" in meta)
+  return _info(meta, meta["size"])
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -112,27 +138,57 @@ def count_frames(path: str | os.PathLike) -> int:
     raise _unreadable(path) from e
 
 
-def read_frames(path: str | os.PathLike, fps: float | None = None) -> Iterator[np.ndarray]:
-  """RGB uint8 frames [H, W, 3] of the video, one at a time; with `fps`, resampled to that constant rate
-  (frames dropped or repeated by ffmpeg's fps filter)."""
+def stream(path: str | os.PathLike, fps: float | None = None, max_side: int | None = None,
+           region: tuple[int, int, int, int] | None = None,
+           threads: int | None = None) -> tuple[VideoInfo, Iterator[np.ndarray]]:
+  """(what `probe` says, the frames `read_frames` yields) from one ffmpeg process: no second process to probe.
+
+  `region` (x, y, width, height, even, in upright pixels) keeps only that part of each frame (before
+  `max_side`; the info's size is then the region's); `threads` caps ffmpeg's decoding threads (1 when many
+  decoders run side by side)."""
   path = os.fspath(path)
-  meta, gen = _open(path, ["-vf", f"fps={fps:g}"] if fps else None)
+  filters = [f"fps={fps:g}"] if fps else []
+  if region:
+    x, y, w, h = (int(v) for v in region)
+    filters.append(f"crop={w}:{h}:{x}:{y}")
+  if max_side:
+    m = int(max_side)
+    filters.append(f"scale=w='if(gte(iw,ih),min(iw,{m}),-2)':h='if(gte(iw,ih),-2,min(ih,{m}))'")
+  meta, gen = _open(path, ["-vf", ",".join(filters)] if filters else None,
+                    ["-threads", str(int(threads))] if threads else None)
   width, height = meta["size"]
+  source = tuple(meta.get("source_size") or meta["size"])
+  # imageio-ffmpeg reports the stored size; a rotated video comes out turned (portrait vs landscape).
+  upright = source if (width >= height) == (source[0] >= source[1]) else source[::-1]
+  return _info(meta, region[2:] if region else upright), _frames(path, gen, width, height)
+
+
+def _frames(path: str, gen, width: int, height: int) -> Iterator[np.ndarray]:
   i = 0
   try:
     for i, buf in enumerate(gen):
       yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
   except RuntimeError:
-    raise UserError(f"Video file {path} could not be decoded past frame {i}; it is damaged or truncated. "
-                    "Re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) and try again.") from None
+    raise TruncatedVideo(f"Video file {path} could not be decoded past frame {i}; it is damaged or truncated. "
+                         "Re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) and try again.") from None
   finally:
     gen.close()
 
 
-def extract_audio(path: str | os.PathLike, sample_rate: int = AUDIO_RATE) -> np.ndarray | None:
-  """The file's first audio track as mono float32 at `sample_rate`, or None when it has no audio track."""
+def read_frames(path: str | os.PathLike, fps: float | None = None,
+                max_side: int | None = None) -> Iterator[np.ndarray]:
+  """RGB uint8 frames [H, W, 3] of the video, one at a time; with `fps`, resampled to that constant rate by
+  timestamps (frames dropped or repeated by ffmpeg's fps filter, so variable frame rates come out even); with
+  `max_side`, shrunk by ffmpeg so that the longer side is at most that (even sizes, aspect kept)."""
+  yield from stream(path, fps, max_side)[1]
+
+
+def extract_audio(path: str | os.PathLike, sample_rate: int = AUDIO_RATE,
+                  info: VideoInfo | None = None) -> np.ndarray | None:
+  """The file's first audio track as mono float32 at `sample_rate`, or None when it has no audio track
+  (`info`, the file's `probe`, saves probing it again)."""
   path = os.fspath(path)
-  if not probe(path).has_audio:
+  if not (info or probe(path)).has_audio:
     return None
   cmd = [_ffmpeg(), "-v", "error", "-i", path, "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate),
          "-f", "f32le", "-"]

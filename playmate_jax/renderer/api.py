@@ -21,6 +21,7 @@ here they are squeezed so that `motion.transform_keypoints` and `motion.relative
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -138,6 +139,22 @@ class Renderer:
     config = dict(config or RELEASED_MODEL_PARAMS)
     params = random_params(abstract_params(config), seed)  # on the host: an NNX init compiles per shape
     return cls(networks_with_params(config, params, dtype), config, dtype=dtype, crop_size=crop_size)
+
+  @classmethod
+  def from_spec(cls, spec: str, dtype: Any = jnp.float32) -> "Renderer":
+    """What the command lines' `--renderer` names: a converted weights folder, `random` (random networks of the
+    released sizes: meaningless output, for trying a pipeline) or `random:tiny` (tiny ones on 64x64 crops)."""
+    from playmate_jax.errors import UserError
+    from playmate_jax.renderer.config import TINY_MODEL_PARAMS
+    if spec == "random":
+      return cls.random(dtype=dtype)
+    if spec == "random:tiny":
+      return cls.random(TINY_MODEL_PARAMS, dtype=dtype, crop_size=64)
+    if not os.path.isdir(spec):
+      raise UserError(f"Renderer weights folder {spec} does not exist; convert LivePortrait's weights with "
+                      "`python pipelines/convert.py liveportrait --src .../liveportrait --dst DIR` and pass DIR "
+                      "(or `random` to try the pipeline with random weights).")
+    return cls.load(spec, dtype=dtype)
 
   # --- networks -------------------------------------------------------------------------------------------------
 

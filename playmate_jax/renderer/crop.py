@@ -99,19 +99,27 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
   return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def detect_face(image: np.ndarray) -> tuple[float, float, float, float] | None:
-  """The largest frontal face as a Haar box (x, y, w, h) in pixels, or None when there is none."""
+def detect_faces(image: np.ndarray, min_face: float = 0.06,
+                 scale_step: float = 1.1) -> list[tuple[float, float, float, float]]:
+  """Every frontal face as a Haar box (x, y, w, h) in pixels, largest first (empty when there is none).
+
+  Faces smaller than `min_face` of the image's shorter side are not looked for; the detector tries face sizes
+  `scale_step` apart. Both trade recall and box precision for speed (most of the time goes to small faces)."""
   gray = cv2.cvtColor(as_rgb_uint8(image), cv2.COLOR_RGB2GRAY)
   factor = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
   if factor < 1.0:
     gray = cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
   gray = cv2.equalizeHist(gray)
-  min_side = max(24, int(0.06 * min(gray.shape)))
-  faces = _cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-  if len(faces) == 0:
-    return None
-  x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
-  return tuple(float(v) / factor for v in (x, y, w, h))
+  min_side = max(24, int(min_face * min(gray.shape)))
+  faces = _cascade().detectMultiScale(gray, scaleFactor=scale_step, minNeighbors=5, minSize=(min_side, min_side))
+  faces = sorted((tuple(float(v) / factor for v in f) for f in faces), key=lambda f: -f[2] * f[3])
+  return faces
+
+
+def detect_face(image: np.ndarray) -> tuple[float, float, float, float] | None:
+  """The largest frontal face as a Haar box (x, y, w, h) in pixels, or None when there is none."""
+  faces = detect_faces(image)
+  return faces[0] if faces else None
 
 
 def crop_square(face: tuple[float, float, float, float], scale: float = SOURCE_SCALE,
@@ -125,23 +133,41 @@ def crop_square(face: tuple[float, float, float, float], scale: float = SOURCE_S
   return cx, cy + vy_ratio * crop_side, crop_side
 
 
-def crop_with_square(image: np.ndarray, square: tuple[float, float, float], size: int = CROP_SIZE) -> Crop:
-  """Resample the square (centre x, centre y, side) of the image to size x size (zeros outside the image)."""
+def crop_pixels(image: np.ndarray, square: tuple[float, float, float], size: int = CROP_SIZE) -> np.ndarray:
+  """The square (centre x, centre y, side) of the image resampled to RGB uint8 [size, size, 3] (zeros outside
+  the image); a square much larger than `size` is shrunk with area averaging first, so that it does not alias."""
   cx, cy, side = square
   s = side / size
-  matrix = np.array([[s, 0.0, cx - side / 2.0], [0.0, s, cy - side / 2.0]], np.float64)
   pixels = as_rgb_uint8(image)
-  to_crop = cv2.invertAffineTransform(matrix)
-  if s > 1.5:  # shrink first with area averaging, so that a large face does not alias
-    f = 1.0 / s
+  h, w = pixels.shape[:2]
+  # Only the square's region (plus a pixel of margin for interpolation) is resampled, not the whole frame.
+  x0, y0 = max(0, int(np.floor(cx - side / 2)) - 1), max(0, int(np.floor(cy - side / 2)) - 1)
+  x1, y1 = min(w, int(np.ceil(cx + side / 2)) + 1), min(h, int(np.ceil(cy + side / 2)) + 1)
+  if x1 <= x0 or y1 <= y0:  # the square lies entirely outside the image
+    return np.zeros((size, size, 3), np.uint8)
+  pixels = pixels[y0:y1, x0:x1]
+  to_crop = cv2.invertAffineTransform(_square_matrix((cx - x0, cy - y0, side), size))
+  if s > 1.5:
     h, w = pixels.shape[:2]
-    small = cv2.resize(pixels, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(pixels, (max(1, round(w / s)), max(1, round(h / s))), interpolation=cv2.INTER_AREA)
     to_small = np.diag([small.shape[1] / w, small.shape[0] / h])
     to_crop = np.concatenate([to_crop[:, :2] @ np.linalg.inv(to_small), to_crop[:, 2:]], axis=1)
     pixels = small
-  crop = cv2.warpAffine(pixels, _pixel_warp(to_crop), (size, size), flags=cv2.INTER_LINEAR,
+  return cv2.warpAffine(pixels, _pixel_warp(to_crop), (size, size), flags=cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-  return Crop(image=crop.astype(np.float32) / 255.0, matrix=matrix)
+
+
+def _square_matrix(square: tuple[float, float, float], size: int) -> np.ndarray:
+  """2x3 map from crop coordinates of a size x size crop to the square (centre x, centre y, side)."""
+  cx, cy, side = square
+  s = side / size
+  return np.array([[s, 0.0, cx - side / 2.0], [0.0, s, cy - side / 2.0]], np.float64)
+
+
+def crop_with_square(image: np.ndarray, square: tuple[float, float, float], size: int = CROP_SIZE) -> Crop:
+  """The square (centre x, centre y, side) of the image as a Crop of size x size (zeros outside the image)."""
+  crop = crop_pixels(image, square, size)
+  return Crop(image=crop.astype(np.float32) / 255.0, matrix=_square_matrix(square, size))
 
 
 def crop_portrait(image: np.ndarray | str | os.PathLike, size: int = CROP_SIZE, scale: float = SOURCE_SCALE,
