@@ -28,6 +28,14 @@ def parity_dir():
   return path
 
 
+@pytest.fixture(scope="session")
+def video_collection(tmp_path_factory):
+  """(folder, {name: expectation}) of tests/videos.py's collection of good and broken videos, written once."""
+  from tests import videos
+  folder = tmp_path_factory.mktemp("video_collection")
+  return folder, videos.write_collection(folder)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
   """With PLAYMATE_REQUIRE_PARITY=1, a parity test that skips for any reason is reported as a failure."""
