@@ -1,8 +1,10 @@
 """Training entry point.
 
   python launch.py --config=configs/stage1.py[:demo|:tiny] --workdir=DIR [--config.KEY=VALUE ...]
+  python launch.py --config=configs/stage2.py[:demo|:tiny] --workdir=DIR2 --config.init_from=DIR [...]
 
-Rerunning the same command resumes from the newest checkpoint in DIR/checkpoints.
+Stage 2 trains the emotion controller on the frozen stage-1 model of DIR (its newest checkpoint). Rerunning the
+same command resumes from the newest checkpoint in its --workdir.
 Several processes (one per host, or per GPU): give each the same --coordinator_address and --num_processes and its
 own --process_id, or pass --distributed under a cluster manager JAX detects by itself (Slurm, Open MPI, Kubernetes).
 """

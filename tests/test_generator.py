@@ -278,7 +278,7 @@ class RecordingSampler:
   def __init__(self):
     self.calls = []
 
-  def __call__(self, params, audio, prev, identity, key, w_audio):
+  def __call__(self, params, audio, prev, identity, key, w_audio, emotion=None, w_emotion=0.0):
     audio, prev = np.asarray(audio), np.asarray(prev)
     self.calls.append((audio, prev))
     b, l = audio.shape[0], audio.shape[1] - 2 * C

@@ -1,4 +1,4 @@
-"""DDPM noise schedule and the stage-1 training loss (noise prediction MSE)."""
+"""DDPM noise schedule and the training loss (noise prediction MSE) of both stages."""
 
 import math
 from typing import Any
@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from playmate_jax.errors import UserError
+from playmate_jax.generator.dit import NULL_EMOTION
 from playmate_jax.motion import EXP_DIM
 
 
@@ -55,23 +56,28 @@ class Diffusion:
             + self.sqrt_one_minus_alphas_cumprod[t].reshape(shape) * noise)
 
 
-def training_loss(model: Any, batch: dict, key: jax.Array, diffusion: Diffusion,
-                  model_cfg: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+def training_loss(model: Any, batch: dict, key: jax.Array, diffusion: Diffusion, model_cfg: Any,
+                  emotion_drop_prob: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Noise-prediction MSE over frames and the 69 dims; also the expression and pose parts separately.
 
-  batch: 'motion' [B,L,69], 'prev_motion' [B,K,69], 'audio' [B,L+2c,D], 'identity' [B,132] (extra keys ignored).
-  Pure over (model, batch, key): audio is dropped per sample with model_cfg.audio_drop_prob and the previous
-  motion is noised with model_cfg.prev_noise_std.
+  batch: 'motion' [B,L,69], 'prev_motion' [B,K,69], 'audio' [B,L+2c,D], 'identity' [B,132], and for a model with
+  an emotion controller 'emotion' [B] int (-1: unknown); extra keys are ignored. Pure over (model, batch, key):
+  audio is dropped per sample with model_cfg.audio_drop_prob, the emotion (to the null embedding) with
+  emotion_drop_prob, and the previous motion is noised with model_cfg.prev_noise_std.
   """
   x0 = batch["motion"].astype(jnp.float32)
   b = x0.shape[0]
-  k_t, k_noise, k_drop, k_prev, k_dropout = jax.random.split(key, 5)
+  k_t, k_noise, k_drop, k_prev, k_dropout, k_emotion = jax.random.split(key, 6)
   t = jax.random.randint(k_t, (b,), 0, diffusion.num_timesteps)
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
   audio_keep = jax.random.uniform(k_drop, (b,)) >= model_cfg.audio_drop_prob
   prev = batch["prev_motion"].astype(jnp.float32)
   prev = prev + model_cfg.prev_noise_std * jax.random.normal(k_prev, prev.shape, jnp.float32)
-  eps = model(diffusion.q_sample(x0, t, noise), t, batch["audio"], audio_keep, prev, batch["identity"],
+  emotion = None
+  if model.emotion is not None:
+    emotion_keep = jax.random.uniform(k_emotion, (b,)) >= emotion_drop_prob
+    emotion = jnp.where(emotion_keep, batch["emotion"].astype(jnp.int32), NULL_EMOTION)
+  eps = model(diffusion.q_sample(x0, t, noise), t, batch["audio"], audio_keep, prev, batch["identity"], emotion,
               dropout_key=k_dropout if model_cfg.dropout > 0 else None)
   err = jnp.square(eps - noise)
   loss_exp = err[..., :EXP_DIM].mean()

@@ -1,9 +1,11 @@
-"""The motion DiT: Conformer trunk with adaLN-Zero conditioning, Pose-MLP and Exp-MLP heads.
+"""The motion DiT: Conformer trunk with adaLN-Zero conditioning, Pose-MLP and Exp-MLP heads, emotion controller.
 
 Tokens: K previous-motion frames, then L current frames (noisy motion + audio embedding), with sinusoidal
 positions and a learned segment embedding. The conditioning vector (timestep + identity) modulates every block
-and the final norm with adaLN-Zero. Computation runs in `model_cfg.dtype`; parameters, the residual stream,
-norms, the attention softmax and the output are float32.
+and the final norm with adaLN-Zero. Stage 2 adds the emotion controller: transformer blocks over the trunk's
+features plus an emotion embedding, whose output is added to the features the Exp-MLP reads (the Pose-MLP reads
+the trunk's alone). Computation runs in `model_cfg.dtype`; parameters, the residual stream, norms, the attention
+softmax and the output are float32.
 """
 
 import math
@@ -14,9 +16,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from playmate_jax.errors import UserError
-from playmate_jax.motion import EXP_DIM, IDENTITY_DIM, MOTION_DIM, POSE_DIM  # noqa: F401  (re-exported)
+from playmate_jax.motion import EMOTIONS, EXP_DIM, IDENTITY_DIM, MOTION_DIM, POSE_DIM  # noqa: F401  (re-exported)
 
 TIME_FREQ_DIM = 256                  # width of the sinusoidal timestep features
+EMOTION_PARAMS = "emotion"           # the emotion controller's key in the parameter tree (stage 2 trains only it)
+NULL_EMOTION = -1                    # emotion label of unknown or dropped emotion (the embedding's last row)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _zeros = nnx.initializers.zeros
@@ -137,10 +141,57 @@ class MLPHead(nnx.Module):
     return self.fc2(jax.nn.silu(self.fc1(x)))
 
 
-class MotionDiT(nnx.Module):
-  """Predicts the diffusion noise of L motion frames from audio, K previous frames and the identity."""
+class TransformerBlock(nnx.Module):
+  """Pre-norm self-attention and feed-forward, each residual, over a float32 residual stream."""
 
-  def __init__(self, model_cfg: Any, *, audio_dim: int, audio_context: int, rngs: nnx.Rngs):
+  def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout_rate: float, *, dtype: Any,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.dropout_rate = dropout_rate
+    self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
+    self.attn = SelfAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
+    self.ffn = FeedForward(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    keys = [None] * 2 if dropout_key is None else list(jax.random.split(dropout_key, 2))
+    for norm, layer, key in ((self.norm1, self.attn, keys[0]), (self.norm2, self.ffn, keys[1])):
+      h = dropout(layer(norm(x).astype(self.dtype)), self.dropout_rate, key)
+      x = x + h.astype(jnp.float32)
+    return x
+
+
+class EmotionController(nnx.Module):
+  """Stage 2: a residual for the Exp-MLP's input from the trunk's features and the clip's emotion.
+
+  Emotion embedding: a learned table of len(EMOTIONS) rows plus a null row (NULL_EMOTION: unknown or dropped),
+  added to every token of the trunk's features, then `depth` transformer blocks and a zero-initialized projection,
+  so a fresh controller adds exactly zero.
+  """
+
+  def __init__(self, dim: int, num_heads: int, mlp_ratio: float, depth: int, dropout_rate: float, *, dtype: Any,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.embedding = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (len(EMOTIONS) + 1, dim), jnp.float32))
+    self.blocks = nnx.List([TransformerBlock(dim, num_heads, mlp_ratio, dropout_rate, dtype=dtype, rngs=rngs)
+                            for _ in range(depth)])
+    self.out = nnx.Linear(dim, dim, kernel_init=_zeros, bias_init=_zeros, dtype=dtype, rngs=rngs)
+
+  def __call__(self, h: jax.Array, emotion: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    """h: trunk features [B, L, dim]; emotion [B] int (0..7, or NULL_EMOTION) -> residual [B, L, dim] float32."""
+    row = jnp.where(emotion < 0, len(EMOTIONS), emotion)
+    x = h.astype(jnp.float32) + self.embedding[...][row][:, None]
+    for i, block in enumerate(self.blocks):
+      x = block(x, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
+    return self.out(x.astype(self.dtype)).astype(jnp.float32)
+
+
+class MotionDiT(nnx.Module):
+  """Predicts the diffusion noise of L motion frames from audio, K previous frames and the identity, and in
+  stage 2 (emotion_depth > 0: with an emotion controller) from the emotion."""
+
+  def __init__(self, model_cfg: Any, *, audio_dim: int, audio_context: int, emotion_depth: int = 0,
+               rngs: nnx.Rngs):
     dim = model_cfg.dim
     if dim % model_cfg.num_heads:
       raise UserError(f"config.model.dim={dim} is not divisible by config.model.num_heads={model_cfg.num_heads}; "
@@ -170,6 +221,9 @@ class MotionDiT(nnx.Module):
     self.final_ada = nnx.Linear(dim, 2 * dim, kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
     self.pose_head = MLPHead(dim, model_cfg.head_hidden, POSE_DIM, dtype=dtype, rngs=rngs)
     self.exp_head = MLPHead(dim, model_cfg.head_hidden, EXP_DIM, dtype=dtype, rngs=rngs)
+    # Stage 2 only; its attribute name is EMOTION_PARAMS.
+    self.emotion = EmotionController(dim, model_cfg.num_heads, model_cfg.mlp_ratio, emotion_depth, model_cfg.dropout,
+                                     dtype=dtype, rngs=rngs) if emotion_depth > 0 else None
 
   def condition(self, t: jax.Array, identity: jax.Array) -> jax.Array:
     """Conditioning vector [B, dim] float32 = MLP(timestep features) + Linear(identity)."""
@@ -206,10 +260,17 @@ class MotionDiT(nnx.Module):
     return jnp.concatenate([exp, pose], axis=-1).astype(jnp.float32)
 
   def __call__(self, x_t: jax.Array, t: jax.Array, audio: jax.Array, audio_keep: jax.Array, prev: jax.Array,
-               identity: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
-    """Noise prediction eps [B, L, 69] float32."""
+               identity: jax.Array, emotion: jax.Array | None = None, *,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Noise prediction eps [B, L, 69] float32; emotion [B] int (NULL_EMOTION: none) is read by the emotion
+    controller only, None meaning NULL_EMOTION for every sample (a model without a controller ignores it)."""
     h, _ = self.trunk(x_t, t, audio, audio_keep, prev, identity, dropout_key=dropout_key)
-    return self.heads(h, h)
+    if self.emotion is None:
+      return self.heads(h, h)
+    if emotion is None:
+      emotion = jnp.full((h.shape[0],), NULL_EMOTION, jnp.int32)
+    key = None if dropout_key is None else jax.random.fold_in(dropout_key, len(self.blocks))
+    return self.heads(h, h + self.emotion(h, emotion, key))
 
 
 def count_params(tree: Any) -> int:

@@ -1,4 +1,5 @@
-"""DDIM sampling with classifier-free guidance on audio, and window-by-window sampling of long audio."""
+"""DDIM sampling with classifier-free guidance on audio (stage 1) or on audio and emotion (stage 2), and
+window-by-window sampling of long audio."""
 
 import math
 from typing import Any, Callable
@@ -10,7 +11,7 @@ from flax import nnx
 
 from playmate_jax.errors import UserError
 from playmate_jax.generator.diffusion import Diffusion
-from playmate_jax.generator.dit import MOTION_DIM
+from playmate_jax.generator.dit import MOTION_DIM, NULL_EMOTION
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]   # (x_t [B,...], t [B] int32) -> eps
 
@@ -59,36 +60,48 @@ def ddim_sample(eps_fn: EpsFn, diffusion: Diffusion, x_T: jax.Array, key: jax.Ar
 
 
 def guided_eps(model: Any, x: jax.Array, t: jax.Array, audio: jax.Array, prev: jax.Array, identity: jax.Array,
-               w_audio: jax.Array) -> jax.Array:
-  """eps(0) + w_audio (eps(a) - eps(0)), both terms from one model call on the doubled batch."""
+               w_audio: jax.Array, emotion: jax.Array | None = None, w_emotion: jax.Array | None = None) -> jax.Array:
+  """Classifier-free guidance, all terms from one model call on the stacked batch.
+
+  Without emotion: eps(0) + w_a [eps(a) - eps(0)] (doubled batch). With emotion [B] int (stage 2):
+  eps(0,0) + w_a [eps(a,0) - eps(0,0)] + w_e [eps(a,e) - eps(a,0)] (tripled batch), 0 the null condition.
+  """
   b = x.shape[0]
-  two = lambda a: jnp.concatenate([a, a], axis=0)
-  keep = jnp.concatenate([jnp.ones((b,), bool), jnp.zeros((b,), bool)])
-  eps = model(two(x), two(t), two(audio), keep, two(prev), two(identity))
-  cond, uncond = eps[:b], eps[b:]
-  return uncond + w_audio * (cond - uncond)
+  n = 2 if emotion is None else 3
+  stack = lambda a: jnp.concatenate([a] * n, axis=0)
+  keep = jnp.repeat(jnp.arange(n) < n - 1, b)      # audio kept in every term but the last
+  null = jnp.full((b,), NULL_EMOTION, jnp.int32)
+  emotions = None if emotion is None else jnp.concatenate([emotion.astype(jnp.int32), null, null])
+  eps = model(stack(x), stack(t), stack(audio), keep, stack(prev), stack(identity), emotions).reshape(n, *x.shape)
+  guided = eps[-1] + w_audio * (eps[-2] - eps[-1])
+  return guided if emotion is None else guided + w_emotion * (eps[0] - eps[1])
 
 
 def sample_window(model: Any, diffusion: Diffusion, audio: jax.Array, prev: jax.Array, identity: jax.Array,
                   key: jax.Array, w_audio: jax.Array | None, timesteps: np.ndarray, eta: float,
-                  clip_x0: float = 0.0) -> jax.Array:
-  """x0 [B, L, 69] for one window by DDIM; w_audio None samples the conditional model alone (no CFG)."""
+                  clip_x0: float = 0.0, emotion: jax.Array | None = None,
+                  w_emotion: jax.Array | None = None) -> jax.Array:
+  """x0 [B, L, 69] for one window by DDIM; w_audio None samples the conditional model alone (no CFG).
+
+  emotion [B] int (NULL_EMOTION: none) conditions a stage-2 model, guided with w_emotion; None: no emotion.
+  """
   b, l = audio.shape[0], audio.shape[1] - 2 * model.audio_context
   k_init, k_steps = jax.random.split(key)
   x_T = jax.random.normal(k_init, (b, l, MOTION_DIM), jnp.float32)
   if w_audio is None:
     keep = jnp.ones((b,), bool)
-    eps_fn = lambda x, t: model(x, t, audio, keep, prev, identity)
+    eps_fn = lambda x, t: model(x, t, audio, keep, prev, identity, emotion)
   else:
-    eps_fn = lambda x, t: guided_eps(model, x, t, audio, prev, identity, w_audio)
+    eps_fn = lambda x, t: guided_eps(model, x, t, audio, prev, identity, w_audio, emotion, w_emotion)
   return ddim_sample(eps_fn, diffusion, x_T, k_steps, timesteps, eta, clip_x0)
 
 
 class WindowSampler:
-  """One window of motion by DDIM + audio CFG, jitted once for fixed shapes; params are an argument.
+  """One window of motion by DDIM + CFG, jitted once for fixed shapes; params are an argument.
 
-  __call__(params, audio [B,L+2c,D], prev [B,K,69], identity [B,132], key, w_audio) -> x0 [B,L,69] float32.
-  `num_traces` counts the traces (compilations) of the jitted function.
+  __call__(params, audio [B,L+2c,D], prev [B,K,69], identity [B,132], key, w_audio, emotion=None, w_emotion=0.0)
+  -> x0 [B,L,69] float32; emotion [B] int guides a stage-2 model (three-way guidance), None does not (two-way).
+  `num_traces` counts the traces (compilations) of the jitted function: one per shape, and per emotion or not.
   """
 
   def __init__(self, graphdef: Any, diffusion: Diffusion, config: Any):
@@ -102,16 +115,17 @@ class WindowSampler:
     self.num_traces = 0
     self._jitted = jax.jit(self._sample)
 
-  def _sample(self, params, audio, prev, identity, key, w_audio):
+  def _sample(self, params, audio, prev, identity, key, w_audio, emotion, w_emotion):
     self.num_traces += 1
     model = nnx.merge(self.graphdef, params)
     return sample_window(model, self.diffusion, audio, prev, identity, key, w_audio, self.timesteps, self.eta,
-                         self.clip_x0)
+                         self.clip_x0, emotion, w_emotion)
 
-  def __call__(self, params: Any, audio: Any, prev: Any, identity: Any, key: jax.Array,
-               w_audio: float | jax.Array) -> jax.Array:
+  def __call__(self, params: Any, audio: Any, prev: Any, identity: Any, key: jax.Array, w_audio: float | jax.Array,
+               emotion: Any = None, w_emotion: float | jax.Array = 0.0) -> jax.Array:
     f32 = lambda a: jnp.asarray(a, jnp.float32)
-    return self._jitted(params, f32(audio), f32(prev), f32(identity), key, f32(w_audio))
+    emotion = None if emotion is None else jnp.asarray(emotion, jnp.int32)
+    return self._jitted(params, f32(audio), f32(prev), f32(identity), key, f32(w_audio), emotion, f32(w_emotion))
 
 
 def make_window_sampler(graphdef: Any, diffusion: Diffusion, config: Any) -> WindowSampler:
@@ -120,16 +134,19 @@ def make_window_sampler(graphdef: Any, diffusion: Diffusion, config: Any) -> Win
 
 
 def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, identity: Any, key: jax.Array,
-                    config: Any, *, w_audio: float | None = None, progress: bool = False) -> np.ndarray:
+                    config: Any, *, w_audio: float | None = None, emotion: Any = None,
+                    w_emotion: float | None = None, progress: bool = False) -> np.ndarray:
   """Normalized motion for a whole clip, window by window; memory stays flat for any length.
 
   audio_features: normalized features [T, D] (or [B, T, D] for B independent sequences); identity: [132]
-  (or [B, 132]). Window i covers frames [iL, iL+L) with audio of frames [iL-c, iL+L+c), zeros outside the
-  clip; its previous motion is the last K frames generated before it, the source motion (identity[:69])
-  repeated K times for the first window. Returns numpy float32 [T, 69] (or [B, T, 69]).
+  (or [B, 132]); emotion: None, or for a stage-2 model an int (or [B] ints; NULL_EMOTION: none) guided with
+  w_emotion (default config.sample.w_emotion). Window i covers frames [iL, iL+L) with audio of frames
+  [iL-c, iL+L+c), zeros outside the clip; its previous motion is the last K frames generated before it, the source
+  motion (identity[:69]) repeated K times for the first window. Returns numpy float32 [T, 69] (or [B, T, 69]).
   """
   l, k, c = config.data.window, config.data.prev_frames, config.data.audio_context
   w = config.sample.w_audio if w_audio is None else w_audio
+  w_e = 0.0 if emotion is None else config.sample.w_emotion if w_emotion is None else w_emotion
   audio = np.asarray(audio_features, np.float32)
   ident = np.asarray(identity, np.float32)
   single = audio.ndim == 2
@@ -139,6 +156,8 @@ def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, 
     raise ValueError(f"audio_features {np.shape(audio_features)} and identity {np.shape(identity)} must be "
                      "[T, D] and [132], or [B, T, D] and [B, 132].")
   b, t, d = audio.shape
+  if emotion is not None:
+    emotion = np.broadcast_to(np.asarray(emotion, np.int32), (b,))
   n = math.ceil(t / l)
   padded = np.zeros((b, n * l + 2 * c, d), np.float32)
   padded[:, c:c + t] = audio
@@ -151,7 +170,7 @@ def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, 
   for i in windows:
     s = i * l
     x0 = np.asarray(jax.device_get(window_sampler(params, padded[:, s:s + l + 2 * c], prev, ident,
-                                                  jax.random.fold_in(key, i), w)), np.float32)
+                                                  jax.random.fold_in(key, i), w, emotion, w_e)), np.float32)
     out[:, s:s + l] = x0
     history = np.concatenate([prev, x0], axis=1)
     prev = history[:, history.shape[1] - k:]

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from playmate_jax import configlib
 from playmate_jax.errors import UserError
+from playmate_jax.train.state import model_params
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,12 +71,13 @@ class Checkpointer:
     self.manager.close()
 
 
-def _restore_on_one_device(state_dir: str):
-  """The saved train state on this process's first device, whatever mesh and process count wrote it."""
+def _restore_state(state_dir: str, sharding: jax.sharding.Sharding | None = None):
+  """The saved train state with every array on `sharding` (default: this process's first device), whatever mesh
+  and process count wrote it."""
   checkpointer = ocp.StandardCheckpointer()
   metadata = checkpointer.metadata(state_dir).item_metadata
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
   return checkpointer.restore(state_dir, target)
 
 
@@ -83,17 +85,18 @@ STATS_FILE = "dataset_stats.json"  # the training data's normalization statistic
 
 
 class Run(NamedTuple):
-  params: Any                         # EMA weights unless asked otherwise
+  params: Any                         # all of the model's weights, EMA unless asked otherwise (stage 2: with frozen)
   config: ml_collections.ConfigDict
   step: int
   workdir: str
   stats: Any                          # playmate_jax.data.DatasetStats of the training data
 
 
-def restore_run(path: str, *, ema: bool = True) -> Run:
+def restore_run(path: str, *, ema: bool = True, sharding: jax.sharding.Sharding | None = None) -> Run:
   """A trained model from a workdir (its newest readable checkpoint) or from one checkpoints/<step> folder.
 
-  Used by sampling and by stage 2; needs no data iterator, no optimizer and no dataset.
+  Used by sampling and by stage 2; needs no data iterator, no optimizer and no dataset. The weights are on
+  `sharding` (default: this process's first device).
   """
   from playmate_jax.data import read_stats_file
 
@@ -113,10 +116,10 @@ def restore_run(path: str, *, ema: bool = True) -> Run:
     config = ml_collections.ConfigDict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
         os.path.join(candidate, "config")))
     config.lock()
-    tree = _restore_on_one_device(os.path.join(candidate, "state"))
+    tree = _restore_state(os.path.join(candidate, "state"), sharding)
     workdir = os.path.dirname(os.path.dirname(candidate))
     stats = read_stats_file(os.path.join(workdir, STATS_FILE))
-    return Run(tree["ema_params" if ema else "params"], config, int(tree["step"]), workdir, stats)
+    return Run(model_params(tree, ema), config, int(tree["step"]), workdir, stats)
 
   run = _first_readable(candidates, load)
   if run is None:

@@ -6,10 +6,12 @@ Metrics (averaged over the held-out clips):
   pose_std             spread over time of the generated head rotation (degrees, mean of pitch/yaw/roll)
   pose_std_true        the same for the ground truth
   exp_l1               mean absolute error of the generated expression (keypoint units)
+  exp_l1_no_emotion    stage 2: exp_l1 with the emotion dropped (exp_l1 itself guided by the clip's emotion label)
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -17,9 +19,10 @@ import jax
 import numpy as np
 
 from playmate_jax import motion
+from playmate_jax.generator import NULL_EMOTION
 
-# sample(params, audio [T, D], identity [132], key, w_audio) -> normalized motion [T, 69]
-SampleFn = Callable[[dict, np.ndarray, np.ndarray, jax.Array, float], np.ndarray]
+# sample(params, audio [T, D], identity [132], key, w_audio, emotion: int | None) -> normalized motion [T, 69]
+SampleFn = Callable[[dict, np.ndarray, np.ndarray, jax.Array, float, int | None], np.ndarray]
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,13 +35,20 @@ def _denormalized(vec: np.ndarray, stats) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in motion.unpack_motion(motion.denormalize_motion(vec, stats)).items()}
 
 
-def evaluate(sample: SampleFn, params, clips: list[dict], key: jax.Array, w_audio: float):
-  """Returns (metrics, curves); curves hold per-clip arrays for plotting."""
+def _sample_clip(sample: SampleFn, params, clip: dict, key: jax.Array, w_audio: float,
+                 emotion: int | None) -> dict[str, np.ndarray]:
+  return _denormalized(sample(params, clip["audio"], clip["identity"], key, w_audio, emotion), clip["stats"])
+
+
+def evaluate(sample: SampleFn, params, clips: list[dict], key: jax.Array, w_audio: float, emotion: bool = False):
+  """Returns (metrics, curves); curves hold per-clip arrays for plotting. emotion: the model is stage 2's, sampled
+  with each clip's emotion label (unknown: the null emotion), and the audio-free sample without emotion."""
   rows, curves = [], []
+  null = NULL_EMOTION if emotion else None
   for i, clip in enumerate(clips):
-    k = jax.random.fold_in(key, i)
-    gen = _denormalized(sample(params, clip["audio"], clip["identity"], k, w_audio), clip["stats"])
-    gen0 = _denormalized(sample(params, clip["audio"], clip["identity"], k, 0.0), clip["stats"])
+    sample_clip = functools.partial(_sample_clip, sample, params, clip, jax.random.fold_in(key, i))
+    gen = sample_clip(w_audio, clip["emotion"] if emotion else None)
+    gen0 = sample_clip(0.0, null)
     true = _denormalized(clip["motion"], clip["stats"])
     m_gen, m_gen0, m_true = (np.asarray(motion.mouth_opening(d["exp"])) for d in (gen, gen0, true))
     rot = lambda d: np.stack([d["pitch"], d["yaw"], d["roll"]], -1)
@@ -49,6 +59,8 @@ def evaluate(sample: SampleFn, params, clips: list[dict], key: jax.Array, w_audi
         "pose_std_true": float(rot(true).std(0).mean()),
         "exp_l1": float(np.abs(gen["exp"] - true["exp"]).mean()),
     })
+    if emotion:
+      rows[-1]["exp_l1_no_emotion"] = float(np.abs(sample_clip(w_audio, null)["exp"] - true["exp"]).mean())
     curves.append({"clip_id": clip["clip_id"], "mouth": (m_gen, m_gen0, m_true), "pose": (rot(gen), rot(true))})
   metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
   return metrics, curves

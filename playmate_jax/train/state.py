@@ -1,9 +1,11 @@
 """The train state: a plain pytree of dicts stepped by one jitted update.
 
-    {'step': int32[], 'params': {...}, 'opt_state': optax state, 'ema_params': {...}}
+    {'step': int32[], 'params': {...}, 'opt_state': optax state, 'ema_params': {...}[, 'frozen': {...}]}
 
 Parameters are pure dicts of float32 arrays (nnx.merge(graphdef, params) rebuilds the module inside jit); the EMA
-copy is what evaluation and sampling use.
+copy is what evaluation and sampling use. When only some top-level parameter groups are trained (stage 2: the
+emotion controller), 'params', 'opt_state' and 'ema_params' hold those alone and 'frozen' holds the rest, which no
+update touches; the model's parameters are then {**frozen, **params} (model_params).
 """
 
 from __future__ import annotations
@@ -42,11 +44,27 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                   weight_decay=o.weight_decay, mask=_decay_mask))
 
 
-def _initializer(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation):
-  def init(key: jax.Array) -> TrainState:
+def split_params(params: dict, trainable: tuple[str, ...]) -> tuple[dict, dict]:
+  """(trainable groups, the rest) of a parameter dict, by top-level key."""
+  return ({k: v for k, v in params.items() if k in trainable},
+          {k: v for k, v in params.items() if k not in trainable})
+
+
+def model_params(state: TrainState, ema: bool = True) -> dict:
+  """All of the model's parameters: the (EMA) trained groups together with the frozen ones, if any."""
+  return {**state.get("frozen", {}), **state["ema_params" if ema else "params"]}
+
+
+def _initializer(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
+                 trainable: tuple[str, ...] | None):
+  def init(key: jax.Array, frozen: dict | None = None) -> TrainState:
     params = nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=key)), nnx.Param))
+    extra = {}
+    if trainable is not None:
+      params, rest = split_params(params, trainable)
+      extra["frozen"] = rest if frozen is None else frozen
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "ema_params": params}
+            "ema_params": params, **extra}
   return init
 
 
@@ -55,13 +73,18 @@ def model_graphdef(model_fn: Callable[[nnx.Rngs], nnx.Module]) -> nnx.GraphDef:
   return nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
 
 
-def create_train_state(model_fn, tx, key: jax.Array, mesh) -> TrainState:
-  """Initializes the model and optimizer inside jit, replicated over the mesh."""
-  return jax.jit(_initializer(model_fn, tx), out_shardings=mesh_lib.replicated(mesh))(key)
+def create_train_state(model_fn, tx, key: jax.Array, mesh, trainable: tuple[str, ...] | None = None,
+                       frozen: dict | None = None) -> TrainState:
+  """Initializes the model and optimizer inside jit, replicated over the mesh.
+
+  trainable: the top-level parameter groups to train (None: all); frozen: values for the others (replicated
+  arrays of the shapes the model has, e.g. restored from stage 1), default their initialization.
+  """
+  return jax.jit(_initializer(model_fn, tx, trainable), out_shardings=mesh_lib.replicated(mesh))(key, frozen)
 
 
-def abstract_state(model_fn, tx, key: jax.Array, mesh) -> TrainState:
+def abstract_state(model_fn, tx, key: jax.Array, mesh, trainable: tuple[str, ...] | None = None) -> TrainState:
   """Shapes, dtypes and shardings of the train state, without allocating it (the restore target)."""
   sharding = mesh_lib.replicated(mesh)
-  shapes = jax.eval_shape(_initializer(model_fn, tx), key)
+  shapes = jax.eval_shape(_initializer(model_fn, tx, trainable), key)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)

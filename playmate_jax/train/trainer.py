@@ -4,6 +4,10 @@ Trainer(config, workdir).run() trains on a mesh over every device of every proce
 readable checkpoint in `workdir/checkpoints`, logs to `metrics.jsonl` and TensorBoard, evaluates on the held-out
 split (`eval_metrics.jsonl`, `eval/step_N.png`), saves a checkpoint every `train.ckpt_every` steps, at the end,
 and on SIGTERM / Ctrl-C, and stops with a clear message on a non-finite loss without saving the bad state.
+
+Stage 1 (config.stage = 1) trains the whole motion DiT. Stage 2 trains only the emotion controller: a fresh run
+restores the stage-1 EMA weights from config.init_from into the state's 'frozen' part, where they stay bit for bit
+(no gradient, optimizer state or EMA exists for them), and every stage-2 checkpoint carries them.
 """
 
 from __future__ import annotations
@@ -36,10 +40,30 @@ class TrainingDiverged(UserError):
   """The loss or the gradient became non-finite."""
 
 
+# Settings that stage 2 must share with the stage-1 run it starts from.
+STAGE1_SETTINGS = ("model.dim", "model.depth", "model.num_heads", "model.mlp_ratio", "model.conv_kernel",
+                   "model.head_hidden", "data.prev_frames", "data.audio_context", "audio.encoder",
+                   "diffusion.num_timesteps", "diffusion.schedule", "diffusion.beta_start", "diffusion.beta_end")
+
+
+def check_stage(config: ml_collections.ConfigDict) -> None:
+  """Rejects a stage other than 1 or 2, and bad stage-2 settings."""
+  if config.stage not in (1, 2):
+    raise UserError(f"config.stage={config.stage} is unknown; use configs/stage1.py or configs/stage2.py.")
+  if config.stage == 2 and not (config.emotion.depth >= 1 and 0.0 <= config.emotion.drop_prob < 1.0):
+    raise UserError("config.emotion.depth must be at least 1 and config.emotion.drop_prob in [0, 1).")
+
+
+def trainable_params(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+  """The top-level parameter groups the config trains: all (None) in stage 1, the emotion controller in stage 2."""
+  return (generator.EMOTION_PARAMS,) if config.stage == 2 else None
+
+
 def model_factory(config: ml_collections.ConfigDict, audio_dim: int):
-  """rngs -> MotionDiT for this config and audio feature size."""
+  """rngs -> MotionDiT for this config and audio feature size (with the emotion controller in stage 2)."""
+  depth = config.emotion.depth if config.stage == 2 else 0
   return lambda rngs: generator.MotionDiT(
-      config.model, audio_dim=audio_dim, audio_context=config.data.audio_context, rngs=rngs)
+      config.model, audio_dim=audio_dim, audio_context=config.data.audio_context, emotion_depth=depth, rngs=rngs)
 
 
 class Components(NamedTuple):
@@ -50,20 +74,48 @@ class Components(NamedTuple):
   tx: Any
   lr_schedule: Any
   train_step: Callable        # jitted (state, batch, key) -> (state, metrics)
+  trainable: tuple[str, ...] | None   # state_lib.create_train_state's `trainable`
 
 
 def build_components(config: ml_collections.ConfigDict, mesh, audio_dim: int) -> Components:
+  check_stage(config)
   model_fn = model_factory(config, audio_dim)
   diffusion = generator.Diffusion.from_config(config.diffusion)
   tx = state_lib.make_optimizer(config)
   lr_schedule = state_lib.learning_rate_schedule(config.optim, config.train.num_steps)
   graphdef = state_lib.model_graphdef(model_fn)
+  emotion_drop_prob = config.emotion.drop_prob if config.stage == 2 else 0.0
 
   def loss_fn(model, batch, key):
-    return generator.training_loss(model, batch, key, diffusion, config.model)
+    return generator.training_loss(model, batch, key, diffusion, config.model, emotion_drop_prob)
 
   train_step = step_lib.make_train_step(graphdef, loss_fn, tx, config, mesh, lr_schedule)
-  return Components(model_fn, graphdef, diffusion, tx, lr_schedule, train_step)
+  return Components(model_fn, graphdef, diffusion, tx, lr_schedule, train_step, trainable_params(config))
+
+
+def _setting(config: ml_collections.ConfigDict, key: str):
+  """config.a.b for key "a.b"."""
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def _at(tree: dict, path) -> Any:
+  """The leaf of a nested dict at a key path, the keys compared as strings."""
+  for entry in path:
+    tree = {str(k): v for k, v in tree.items()}[str(entry.key)]
+  return tree
+
+
+def _check_workdir_stage(workdir: str, stage: int) -> None:
+  """Refuses a workdir that holds a run of the other stage (its checkpoints would be mixed, then deleted)."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      previous = json.load(f).get("stage", 1)
+    if previous != stage:
+      raise UserError(f"Workdir {workdir} holds a stage-{previous} run; give this stage-{stage} run its own "
+                      "--workdir (stage 2 reads stage 1 through --config.init_from).")
 
 
 def to_host(tree):
@@ -87,11 +139,12 @@ class Trainer:
     self.mesh = mesh if mesh is not None else mesh_lib.make_mesh()
     configlib.validate(config, num_devices=self.mesh.size, process_count=jax.process_count())
     self.is_main = jax.process_index() == 0
+    _check_workdir_stage(self.workdir, config.stage)
     os.makedirs(self.workdir, exist_ok=True)
 
     info = data.load_dataset_info(config)
     parts = build_components(config, self.mesh, info["feature_dim"])
-    self.model_fn, self.graphdef, self.diffusion, self.tx, self.lr_schedule, self.train_step = parts
+    self.model_fn, self.graphdef, self.diffusion, self.tx, self.lr_schedule, self.train_step, self.trainable = parts
 
     root = jax.random.key(config.seed)
     self.init_key, self.step_key, self.eval_key = (jax.random.fold_in(root, i) for i in range(3))
@@ -106,8 +159,9 @@ class Trainer:
   # -- state ---------------------------------------------------------------------------------------------------
 
   def initial_state(self):
-    """The newest readable checkpoint's state (iterator restored too), else a fresh initialization."""
-    abstract = state_lib.abstract_state(self.model_fn, self.tx, self.init_key, self.mesh)
+    """The newest readable checkpoint's state (iterator restored too), else a fresh initialization (in stage 2,
+    with the stage-1 weights of config.init_from)."""
+    abstract = state_lib.abstract_state(self.model_fn, self.tx, self.init_key, self.mesh, self.trainable)
     restored = self.checkpointer.restore_latest(abstract, self.data_iter)
     if restored is not None:
       step, state = restored
@@ -116,7 +170,38 @@ class Trainer:
         _keep_rows_up_to(self.writer.path, step)
         _keep_rows_up_to(self.eval_writer.path, step)
       return state
-    return state_lib.create_train_state(self.model_fn, self.tx, self.init_key, self.mesh)
+    frozen = None if self.trainable is None else self.stage1_params(abstract["frozen"])
+    return state_lib.create_train_state(self.model_fn, self.tx, self.init_key, self.mesh, self.trainable, frozen)
+
+  def stage1_params(self, expected) -> dict:
+    """The EMA weights of the stage-1 run config.init_from, replicated over the mesh; `expected`: their shapes."""
+    c = self.config
+    if not c.init_from:
+      raise UserError("config.init_from is empty; stage 2 starts from a stage-1 run: pass "
+                      "--config.init_from=STAGE1_WORKDIR (or one of its checkpoints/<step> folders).")
+    run = ckpt_lib.restore_run(c.init_from, sharding=mesh_lib.replicated(self.mesh))
+    if run.config.stage != 1:
+      raise UserError(f"config.init_from={c.init_from} holds a stage-{run.config.stage} checkpoint; pass the "
+                      "workdir of a configs/stage1.py run.")
+    differ = [f"{k}={_setting(run.config, k)!r}" for k in STAGE1_SETTINGS if _setting(run.config, k) != _setting(c, k)]
+    if differ:
+      raise UserError(f"The stage-1 run {run.workdir} was trained with {', '.join(differ)}, which this config sets "
+                      f"otherwise; stage 2 keeps the stage-1 model: pass those values as --config.KEY=VALUE.")
+    try:  # Orbax restores the integer keys of nnx.List (the blocks) as strings: arrange the weights as `expected`
+      params = jax.tree_util.tree_map_with_path(lambda path, _: _at(run.params, path), expected)
+    except KeyError:
+      params = None
+    shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
+    if params is None or shapes(params) != shapes(expected):
+      raise UserError(f"The stage-1 weights in {run.workdir} do not fit this config's model (other audio features "
+                      "or another version of the model); retrain stage 1 with this code and dataset.")
+    stats = data.load_stats(c)
+    if not all(np.allclose(getattr(run.stats, k), getattr(stats, k))
+               for k in ("exp_mean", "exp_std", "audio_mean", "audio_std")):
+      log.warning("The stage-2 dataset's expression or audio statistics differ from those stage 1 (%s) was trained "
+                  "with; the frozen model sees differently normalized inputs.", run.workdir)
+    log.info("Stage 2 starts from the stage-1 EMA weights of %s (step %d); they stay frozen.", run.workdir, run.step)
+    return params
 
   def save(self, state) -> None:
     step = int(state["step"])
@@ -125,16 +210,18 @@ class Trainer:
 
   # -- evaluation ----------------------------------------------------------------------------------------------
 
-  def sample(self, params, audio, identity, key, w_audio):
-    return generator.sample_sequence(self.sample_window, params, audio, identity, key, self.config, w_audio=w_audio)
+  def sample(self, params, audio, identity, key, w_audio, emotion=None):
+    return generator.sample_sequence(self.sample_window, params, audio, identity, key, self.config, w_audio=w_audio,
+                                     emotion=emotion)
 
   def evaluate(self, state) -> dict[str, float]:
     if self._eval_clips is None:
       e = self.config.eval
       self._eval_clips = data.load_eval_clips(self.config, self.config.data.eval_split, e.num_clips, e.max_frames)
     step = int(state["step"])
-    metrics, curves = eval_lib.evaluate(self.sample, to_host(state["ema_params"]), self._eval_clips,
-                                        jax.random.fold_in(self.eval_key, step), self.config.sample.w_audio)
+    metrics, curves = eval_lib.evaluate(self.sample, to_host(state_lib.model_params(state)), self._eval_clips,
+                                        jax.random.fold_in(self.eval_key, step), self.config.sample.w_audio,
+                                        emotion=self.config.stage == 2)
     if self.is_main:
       self.eval_writer.write(step, metrics)
       if self.config.eval.plot:
@@ -171,7 +258,8 @@ class Trainer:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(configlib.to_json(self.config))
       data.save_stats(data.load_stats(self.config), os.path.join(self.workdir, ckpt_lib.STATS_FILE))
-      log.info("Model: %s parameters; %d devices over %d processes.",
+      log.info("Model: %s parameters, %s of them trained; %d devices over %d processes.",
+               f"{generator.count_params(state_lib.model_params(state)):,}",
                f"{generator.count_params(state['params']):,}", jax.device_count(), jax.process_count())
     previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     bar = tqdm(total=t.num_steps, initial=step, desc="stage %d" % self.config.stage, dynamic_ncols=True,
