@@ -34,30 +34,17 @@ from playmate_jax.errors import UserError  # noqa: E402
 from playmate_jax.motion import EMOTIONS  # noqa: E402
 
 
-def emotion_label(name: str) -> int:
-  """The emotion's label: its index in EMOTIONS (MEAD's order)."""
-  if name.lower() not in EMOTIONS:
-    raise UserError(f"--emotion {name!r} is not an emotion this project knows; use one of: {', '.join(EMOTIONS)}.")
-  return EMOTIONS.index(name.lower())
-
-
-def load_source(path: str | None, stats) -> dict[str, np.ndarray]:
-  """One frame of motion: from an .npz, or the training data's average identity."""
-  if path is None:
-    pose = stats.default_pose_mean
-    return {"exp": stats.exp_mean.reshape(21, 3), "pitch": pose[0], "yaw": pose[1], "roll": pose[2],
-            "t": np.array([pose[3], pose[4], 0.0], np.float32), "scale": pose[5],
-            "kp": stats.kp_mean.reshape(21, 3)}
+def load_source(path: str) -> dict[str, np.ndarray]:
+  """One frame of motion from an .npz with the dataset's motion keys (the first frame if it holds several)."""
+  from playmate_jax.animate import one_frame
   try:
     with np.load(path) as f:
       missing = [k for k in MOTION_KEYS if k not in f]
       if missing:
         raise UserError(f"Source motion {path} lacks {', '.join(missing)}; it needs the keys {', '.join(MOTION_KEYS)}.")
-      source = {k: np.asarray(f[k], np.float32) for k in MOTION_KEYS}
+      return one_frame({k: f[k] for k in MOTION_KEYS})
   except (OSError, ValueError) as e:
     raise UserError(f"Source motion {path} is not a readable .npz file ({e}); pass one written by this project.") from None
-  per_frame = {"exp": (21, 3), "kp": (21, 3), "t": (3,)}  # angles and scale: one number per frame
-  return {k: v.reshape((-1,) + per_frame.get(k, ()))[0] for k, v in source.items()}
 
 
 def generate(checkpoint: str, audio_path: str, *, source_path: str | None = None, seed: int = 0,
@@ -65,38 +52,16 @@ def generate(checkpoint: str, audio_path: str, *, source_path: str | None = None
              w_emotion: float | None = None, progress: bool = True) -> dict[str, np.ndarray]:
   """Motion (dataset keys, [T, ...]) for the audio file, from the checkpoint's EMA weights; emotion (a name in
   EMOTIONS) and w_emotion need a stage-2 checkpoint."""
-  import jax
-  from playmate_jax import audio, data, generator, motion
-  from playmate_jax.train import checkpoint as ckpt_lib
-  from playmate_jax.train import state as state_lib
-  from playmate_jax.train.trainer import model_factory
-
+  from playmate_jax import audio
+  from playmate_jax.animate import MotionModel, emotion_label
   label = None if emotion is None else emotion_label(emotion)
   if w_emotion is not None and label is None:
     raise UserError("--w-emotion has no effect without --emotion NAME; add one or drop --w-emotion.")
-  run = ckpt_lib.restore_run(checkpoint)
-  config, stats = run.config, run.stats
-  if label is not None and config.stage != 2:
-    raise UserError(f"Checkpoint {run.workdir} is a stage-{config.stage} model, which has no emotion control; "
-                    "drop --emotion or pass a stage-2 checkpoint (trained with configs/stage2.py).")
-  if ddim_steps is not None:
-    with config.unlocked():
-      config.sample.ddim_steps = ddim_steps
-  wave = audio.load_audio(audio_path, config.audio.sample_rate)
-  features = stats.normalize_audio(audio.get_encoder(config.audio).encode(wave))
-
-  source = load_source(source_path, stats)
-  source_vec = data.motion_vector({k: v[None] for k, v in source.items()})[0]
-  mstats = stats.source_motion_stats(source_vec[motion.EXP_DIM:])
-  identity = data.identity_vector(np.asarray(motion.normalize_motion(source_vec, mstats)), source["kp"])
-
-  graphdef = state_lib.model_graphdef(model_factory(config, features.shape[-1]))
-  sampler = generator.make_window_sampler(graphdef, generator.Diffusion.from_config(config.diffusion), config)
-  out = generator.sample_sequence(sampler, run.params, features, identity, jax.random.key(seed), config,
-                                  w_audio=w_audio, emotion=label, w_emotion=w_emotion, progress=progress)
-  fields = {k: np.asarray(v) for k, v in motion.unpack_motion(motion.denormalize_motion(out, mstats)).items()}
-  fields["kp"] = np.broadcast_to(source["kp"], (len(out), 21, 3)).astype(np.float32)
-  return fields
+  model = MotionModel.load(checkpoint, ddim_steps)
+  source = load_source(source_path) if source_path else model.default_source()
+  wave = audio.load_audio(audio_path, model.config.audio.sample_rate)
+  return model.generate(wave, source, seed=seed, w_audio=w_audio, emotion=label, w_emotion=w_emotion,
+                        progress=progress)
 
 
 def main(argv: list[str]) -> int:

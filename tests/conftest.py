@@ -36,6 +36,33 @@ def video_collection(tmp_path_factory):
   return folder, videos.write_collection(folder)
 
 
+def _train_tiny(config_name: str, workdir, **overrides) -> None:
+  import jax
+  from playmate_jax import configlib
+  from playmate_jax.train import mesh as mesh_lib
+  from playmate_jax.train.trainer import Trainer
+  quick = {"train.num_steps": 10, "eval.num_clips": 1, "eval.max_frames": 16, "eval.plot": False, **overrides}
+  config = configlib.apply_overrides(configlib.load_config(os.path.join(ROOT, "configs", config_name) + ":tiny"),
+                                     {k: str(v) for k, v in quick.items()})
+  Trainer(config, str(workdir), mesh=mesh_lib.make_mesh(jax.devices()[:1])).run()
+
+
+@pytest.fixture(scope="session")
+def stage1_run(tmp_path_factory):
+  """A tiny stage-1 workdir (configs/stage1.py:tiny, 10 steps, one device), shared by the tests that sample."""
+  workdir = tmp_path_factory.mktemp("stage1_tiny")
+  _train_tiny("stage1.py", workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def stage2_run(stage1_run, tmp_path_factory):
+  """A tiny stage-2 workdir trained from stage1_run (configs/stage2.py:tiny, 10 steps, one device)."""
+  workdir = tmp_path_factory.mktemp("stage2_tiny")
+  _train_tiny("stage2.py", workdir, init_from=stage1_run)
+  return workdir
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
   """With PLAYMATE_REQUIRE_PARITY=1, a parity test that skips for any reason is reported as a failure."""

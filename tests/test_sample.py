@@ -43,15 +43,9 @@ def speech_like(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-  """A tiny stage-1 model trained for a few steps."""
-  from playmate_jax import configlib
-  from playmate_jax.train.trainer import Trainer
-  workdir = tmp_path_factory.mktemp("tiny_run")
-  config = configlib.apply_overrides(configlib.load_config(os.path.join(ROOT, "configs", "stage1.py") + ":tiny"),
-                                     {"train.num_steps": "10", "train.eval_every": "1000"})
-  Trainer(config, str(workdir)).run()
-  return workdir
+def checkpoint(stage1_run):
+  """A tiny stage-1 model trained for a few steps (shared with the other tests, tests/conftest.py)."""
+  return stage1_run
 
 
 def test_ten_minutes_of_audio_with_flat_memory(checkpoint, tmp_path):

@@ -147,16 +147,7 @@ def launch(workdir, *args):
 
 
 @pytest.fixture(scope="module")
-def stage1_run(tmp_path_factory):
-  """A tiny stage-1 workdir."""
-  workdir = tmp_path_factory.mktemp("stage1")
-  Trainer(tiny(STAGE1, **{"train.num_steps": 10, **QUICK_EVAL}), str(workdir),
-          mesh=mesh_lib.make_mesh(jax.devices()[:1])).run()
-  return workdir
-
-
-@pytest.fixture(scope="module")
-def stage2_run(stage1_run, tmp_path_factory):
+def stage2_launched(stage1_run, tmp_path_factory):
   """A tiny stage-2 workdir trained by launch.py from stage1_run: 20 steps, checkpoints at 10 and 20."""
   workdir = tmp_path_factory.mktemp("stage2")
   result = launch(workdir, f"--config.init_from={stage1_run}")
@@ -192,22 +183,22 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_launch_freezes_stage1_and_resumes_exactly(stage1_run, stage2_run, tmp_path):
+def test_launch_freezes_stage1_and_resumes_exactly(stage1_run, stage2_launched, tmp_path):
   """launch.py with configs/stage2.py:tiny after a stage-1 run: the stage-1 weights in the stage-2 checkpoint are
   the stage-1 EMA weights bit for bit, the controller trained; a run resumed from step 10 ends where the
   uninterrupted one did."""
   stage1 = ckpt_lib.restore_run(str(stage1_run))
-  trained = ckpt_lib.restore_run(str(stage2_run), ema=False)
+  trained = ckpt_lib.restore_run(str(stage2_launched), ema=False)
   assert trained.step == 20 and trained.config.stage == 2
   assert set(trained.params) == set(stage1.params) | {EMOTION_PARAMS}
   for key in stage1.params:
     assert_trees_equal(trained.params[key], stage1.params[key])
   assert np.abs(trained.params[EMOTION_PARAMS]["out"]["kernel"]).max() > 0     # zero-initialized, now trained
-  evals = [json.loads(line) for line in open(stage2_run / "eval_metrics.jsonl")]
+  evals = [json.loads(line) for line in open(stage2_launched / "eval_metrics.jsonl")]
   assert evals[-1]["step"] == 20 and np.isfinite(evals[-1]["exp_l1_no_emotion"])
 
   resumed = tmp_path / "resumed"
-  shutil.copytree(stage2_run, resumed)
+  shutil.copytree(stage2_launched, resumed)
   shutil.rmtree(resumed / "checkpoints" / "20")
   result = launch(resumed, f"--config.init_from={tmp_path / 'nowhere'}")   # a resume does not read stage 1 again
   assert result.returncode == 0, result.stderr[-3000:]
@@ -217,10 +208,10 @@ def test_launch_freezes_stage1_and_resumes_exactly(stage1_run, stage2_run, tmp_p
   assert_trees_equal(again.params, trained.params)
 
 
-def test_stage2_user_errors(stage1_run, stage2_run, tmp_path):
+def test_stage2_user_errors(stage1_run, stage2_launched, tmp_path):
   cases = [({}, "config.init_from is empty"),
            ({"init_from": stage1_run, "model.dim": 64}, "model.dim=32"),
-           ({"init_from": stage2_run}, "stage-2 checkpoint"),
+           ({"init_from": stage2_launched}, "stage-2 checkpoint"),
            ({"init_from": tmp_path / "nowhere"}, "does not exist")]
   for i, (overrides, message) in enumerate(cases):
     trainer = Trainer(tiny(STAGE2, **overrides), str(tmp_path / str(i)), mesh=mesh_lib.make_mesh(jax.devices()[:1]))
@@ -240,16 +231,16 @@ def sample_module():
   return module
 
 
-def test_sample_with_an_emotion(stage1_run, stage2_run, sample_module, tmp_path):
+def test_sample_with_an_emotion(stage1_run, stage2_launched, sample_module, tmp_path):
   import soundfile as sf
   wav = tmp_path / "speech.wav"
   t = np.arange(32000) / 16000
   sf.write(wav, (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 4 * t) > 0)).astype(np.float32), 16000)
   with pytest.raises(UserError, match="'joyful'.*angry, contempt, disgusted, fear, happy, neutral, sad, surprised"):
-    sample_module.generate(str(stage2_run), str(wav), emotion="joyful")
+    sample_module.generate(str(stage2_launched), str(wav), emotion="joyful")
   with pytest.raises(UserError, match="stage-1"):
     sample_module.generate(str(stage1_run), str(wav), emotion="happy")
-  happy, sad = (sample_module.generate(str(stage2_run), str(wav), emotion=e, w_emotion=3.0, progress=False)
+  happy, sad = (sample_module.generate(str(stage2_launched), str(wav), emotion=e, w_emotion=3.0, progress=False)
                 for e in ("happy", "Sad"))
   assert happy["exp"].shape == (50, 21, 3) and all(np.isfinite(v).all() for v in happy.values())
   assert np.abs(happy["exp"] - sad["exp"]).max() > 1e-6

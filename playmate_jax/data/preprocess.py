@@ -46,6 +46,7 @@ import numpy as np
 from playmate_jax import video as video_lib
 from playmate_jax.data import builder, tracking
 from playmate_jax.errors import UserError
+from playmate_jax.motion import EMOTIONS
 from playmate_jax.renderer import crop as crop_lib
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,7 @@ SILENCE_RMS = 1e-4          # an audio track quieter than this (full scale 1) is
 TRUNCATED_FRACTION = 0.9    # fewer decoded frames than this fraction of the container's duration: truncated
 JPEG_QUALITY = 95
 DECODE_THREADS = 2          # ffmpeg threads per decoding worker (the workers already decode side by side)
-# MEAD's emotion folder names in the dataset's label order, with the other spellings collections use.
-EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
+# MEAD's emotion folder names (the dataset's label order), with the other spellings collections use.
 EMOTION_ALIASES = {"anger": 0, "disgust": 2, "fearful": 3, "happiness": 4, "sadness": 6, "surprise": 7,
                    "calm": 5, **{name: i for i, name in enumerate(EMOTIONS)}}
 

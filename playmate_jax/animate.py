@@ -1,0 +1,262 @@
+"""Portrait + speech -> talking video: what `pipelines/animate.py` (and `reenact.py`, `sample.py`) run.
+
+    renderer = Renderer.from_spec("weights/liveportrait")
+    portrait = load_portrait(renderer, "me.jpg")                       # crop, appearance, source motion
+    model = MotionModel.load("workdirs/stage2")                        # a trained stage-1 or stage-2 model
+    motion = model.generate(load_audio("speech.wav"), portrait.motion, emotion=EMOTIONS.index("happy"))
+    frames = compose(portrait.motion, motion, pose="generated")        # or fixed, sweep, a driving video's pose
+    render_video(renderer, portrait, frames, "out.mp4", audio="speech.wav")
+
+Motion is applied relative to the portrait, as LivePortrait applies a driving video, with the portrait itself as
+the reference frame: the model generates this identity's expression and a pose normalized around the
+portrait's own pose, so exp_s + (exp_gen - exp_s) = exp_gen and likewise for the pose. A driving video's pose
+(or the preset sweep) is composed relative to its own first frame: R = R_d R_d0^T R_s, t = t_s + (t_d - t_d0),
+s = s_s * s_d / s_d0. Keypoints x = s (kp_s R + exp) + t are stitched and rendered in batches that stream into
+an H.264 mp4 with the speech muxed in, so memory stays flat for any length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from playmate_jax import video
+from playmate_jax.data.builder import MOTION_KEYS
+from playmate_jax.errors import UserError
+from playmate_jax.motion import EMOTIONS
+from playmate_jax.renderer import crop as crop_lib
+
+FPS = 25
+POSE_MODES = ("generated", "fixed", "sweep", "video:FILE")
+SWEEP = dict(yaw=(20.0, 4.0), pitch=(6.0, 6.0), roll=(3.0, 9.0))  # preset sweep: (amplitude deg, period s)
+
+
+def one_frame(motion: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The first frame of a motion dict (MOTION_KEYS; any leading frame axes): exp, kp [21, 3], t [3], the rest
+  scalars."""
+  per_frame = {"exp": (21, 3), "kp": (21, 3), "t": (3,)}
+  return {k: np.asarray(motion[k], np.float32).reshape((-1,) + per_frame.get(k, ()))[0] for k in MOTION_KEYS}
+
+
+def emotion_label(name: str) -> int:
+  """The label of an emotion name (MEAD's order); UserError listing the names for an unknown one."""
+  if name.lower() not in EMOTIONS:
+    raise UserError(f"Emotion {name!r} is not one this project knows; use one of: {', '.join(EMOTIONS)}.")
+  return EMOTIONS.index(name.lower())
+
+
+# --- the motion model ---------------------------------------------------------------------------------------------
+
+class MotionModel:
+  """A trained model (EMA weights) restored once: audio -> motion for a source identity, any length."""
+
+  def __init__(self, run, ddim_steps: int | None = None):
+    from playmate_jax import audio, generator
+    from playmate_jax.train import state as state_lib
+    from playmate_jax.train.trainer import model_factory
+    self.params, self.config, self.stats = run.params, run.config, run.stats
+    self.workdir = run.workdir
+    if ddim_steps is not None:
+      self.config = self.config.copy_and_resolve_references()
+      with self.config.unlocked():
+        self.config.sample.ddim_steps = int(ddim_steps)
+    self.encoder = audio.get_encoder(self.config.audio)
+    graphdef = state_lib.model_graphdef(model_factory(self.config, self.encoder.feature_dim))
+    self.sampler = generator.make_window_sampler(graphdef, generator.Diffusion.from_config(self.config.diffusion),
+                                                 self.config)
+
+  @classmethod
+  def load(cls, checkpoint: str, ddim_steps: int | None = None) -> "MotionModel":
+    """From a training workdir (its newest checkpoint) or one checkpoint folder."""
+    from playmate_jax.train import checkpoint as ckpt_lib
+    return cls(ckpt_lib.restore_run(checkpoint), ddim_steps)
+
+  @property
+  def stage(self) -> int:
+    return int(self.config.stage)
+
+  def default_source(self) -> dict[str, np.ndarray]:
+    """The training data's average identity (one frame of motion), for sampling without a portrait."""
+    s = self.stats
+    pose = s.default_pose_mean
+    return {"exp": s.exp_mean.reshape(21, 3), "pitch": pose[0], "yaw": pose[1], "roll": pose[2],
+            "t": np.array([pose[3], pose[4], 0.0], np.float32), "scale": pose[5], "kp": s.kp_mean.reshape(21, 3)}
+
+  def generate(self, waveform: np.ndarray, source: Mapping[str, Any], *, seed: int = 0,
+               w_audio: float | None = None, emotion: int | None = None, w_emotion: float | None = None,
+               progress: bool = False) -> dict[str, np.ndarray]:
+    """Motion fields [T, ...] (T = 25 fps frames of the 16 kHz waveform) for one source frame of motion (keys
+    MOTION_KEYS, one frame). `emotion` (a label) needs a stage-2 model and guides by three-way CFG."""
+    import jax
+    from playmate_jax import data, generator, motion
+    if emotion is not None and self.stage != 2:
+      raise UserError(f"Checkpoint {self.workdir} is a stage-{self.stage} model, which has no emotion control; "
+                      "drop the emotion or pass a stage-2 checkpoint (trained with configs/stage2.py).")
+    if w_emotion is not None and emotion is None:
+      raise UserError("An emotion guidance weight has no effect without an emotion; name one or drop the weight.")
+    features = self.stats.normalize_audio(self.encoder.encode(np.asarray(waveform, np.float32)))
+    source = one_frame(source)
+    source_vec = data.motion_vector({k: v[None] for k, v in source.items()})[0]
+    mstats = self.stats.source_motion_stats(source_vec[motion.EXP_DIM:])
+    identity = data.identity_vector(np.asarray(motion.normalize_motion(source_vec, mstats)), source["kp"])
+    out = generator.sample_sequence(self.sampler, self.params, features, identity, jax.random.key(seed),
+                                    self.config, w_audio=w_audio, emotion=emotion, w_emotion=w_emotion,
+                                    progress=progress)
+    fields = {k: np.asarray(v, np.float32)
+              for k, v in motion.unpack_motion(motion.denormalize_motion(out, mstats)).items()}
+    fields["kp"] = np.broadcast_to(source["kp"], (len(out), 21, 3)).astype(np.float32)
+    return fields
+
+
+# --- the portrait ----------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Portrait:
+  """A portrait ready to animate: the original image, its face crop, appearance feature volume, its motion
+  (one frame, numpy: pitch, yaw, roll, scale [1], exp and kp [1, 21, 3], t [1, 3]) and keypoints [1, 21, 3]."""
+  image: np.ndarray
+  crop: crop_lib.Crop
+  feature: Any
+  motion: dict[str, np.ndarray]
+  keypoints: Any
+
+
+def load_portrait(renderer, path: str) -> Portrait:
+  """Crops the portrait (UserError naming it when it has no face) and runs F and M on the crop once."""
+  image = crop_lib.load_image(path)
+  crop = crop_lib.crop_portrait(path, size=renderer.crop_size)
+  batch = crop.image[None]
+  src = {k: np.asarray(v, np.float32) for k, v in renderer.extract_motion(batch).items()}
+  return Portrait(image=image, crop=crop, feature=renderer.extract_appearance(batch), motion=src,
+                  keypoints=renderer.keypoints(src))
+
+
+# --- head pose -------------------------------------------------------------------------------------------------------
+
+def sweep_pose(num_frames: int) -> dict[str, np.ndarray]:
+  """The preset sweep: slow sinusoids in yaw, pitch and roll around a still head (driving-pose dict [T])."""
+  t = np.arange(num_frames, dtype=np.float32) / FPS
+  out = {k: (a * np.sin(2 * np.pi * t / period)).astype(np.float32) for k, (a, period) in SWEEP.items()}
+  return dict(out, t=np.zeros((num_frames, 3), np.float32), scale=np.ones(num_frames, np.float32))
+
+
+def video_pose(renderer, path: str, num_frames: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+  """The head pose of a driving video's first `num_frames` frames at 25 fps (pitch, yaw, roll, t, scale [T]),
+  from the motion extractor on one fixed face crop; a shorter video holds its last pose."""
+  import jax
+  info = video.probe(path)
+  square = crop_lib.center_square(info.height, info.width)
+  found = crop_lib.find_video_square(video.read_frames(path, FPS))
+  if found is not None:
+    square = found[0]
+  poses = []
+  frames = itertools.islice(video.read_frames(path, FPS), num_frames)
+  for batch in _chunks(frames, batch_size):
+    crops = np.stack([crop_lib.crop_pixels(f, square, renderer.crop_size) for f in batch])
+    n = len(crops)
+    crops = np.concatenate([crops, np.repeat(crops[-1:], batch_size - n, axis=0)])  # one compiled shape
+    m = jax.device_get(renderer.extract_motion(crops))
+    poses.append({k: np.asarray(m[k][:n], np.float32) for k in ("pitch", "yaw", "roll", "t", "scale")})
+  if not poses:
+    raise UserError(f"Driving video {path} has no frames; give a video with at least one frame.")
+  pose = {k: np.concatenate([p[k] for p in poses]) for k in poses[0]}
+  short = num_frames - len(pose["yaw"])
+  return {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) if short > 0 else v for k, v in pose.items()}
+
+
+def compose(source: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray], pose: str = "generated",
+            driving: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+  """Per-frame motion to render (exp, rotation [T, 3, 3], t, scale, with pitch/yaw/roll): the generated
+  expression with the head pose of `pose` — 'generated', 'fixed' (the portrait's own), or 'driven' by
+  `driving` (a driving-pose dict [T], e.g. `video_pose` or `sweep_pose`, composed relative to its first frame)."""
+  import jax.numpy as jnp
+  from playmate_jax import motion
+  n = len(generated["exp"])
+  src = {k: np.asarray(v, np.float32).reshape((1,) + np.shape(v)[1:]) for k, v in source.items()}
+  if pose == "generated":
+    fields = {k: generated[k] for k in ("pitch", "yaw", "roll", "t", "scale")}
+  elif pose == "fixed":
+    fields = {k: np.repeat(src[k], n, axis=0) for k in ("pitch", "yaw", "roll", "t", "scale")}
+  elif pose == "driven":
+    drv = dict(driving, exp=np.zeros((n, 21, 3), np.float32))
+    first = {k: v[:1] for k, v in drv.items()}
+    rel = motion.relative_motion({k: jnp.asarray(v) for k, v in src.items()}, drv, first)
+    fields = {k: np.asarray(rel[k], np.float32) for k in ("pitch", "yaw", "roll", "t", "scale", "rotation")}
+  else:
+    raise ValueError(f"pose {pose!r}: use generated, fixed or driven")
+  out = dict(fields, exp=np.asarray(generated["exp"], np.float32))
+  if "rotation" not in out:
+    out["rotation"] = np.asarray(motion.rotation_matrix(out["pitch"], out["yaw"], out["roll"]), np.float32)
+  out["t"] = np.asarray(out["t"], np.float32).copy()
+  out["t"][..., 2] = 0.0  # LivePortrait drops tz
+  return out
+
+
+# --- rendering -------------------------------------------------------------------------------------------------------
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+  it = iter(items)
+  while batch := list(itertools.islice(it, size)):
+    yield batch
+
+
+def render_stream(renderer, feature, x_s, keypoint_batches: Iterable[tuple[Any, int]], write, *,
+                  stitching: bool = True) -> None:
+  """Renders batches of driving keypoints (x_d [B, 21, 3], number of real frames n <= B) and hands each batch's
+  first n frames (RGB uint8 [n, R, R, 3]) to `write`; each batch renders on the device while the previous one is
+  written (asynchronous dispatch)."""
+  import jax
+  import jax.numpy as jnp
+  to_uint8 = jax.jit(lambda x: (jnp.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8))  # 4x less to copy
+  pending = None
+  for x_d, n in keypoint_batches:
+    if stitching:
+      x_d = renderer.stitch(x_s, x_d)
+    images = to_uint8(renderer.warp_decode(feature, x_s, x_d))
+    if pending is not None:
+      write(np.asarray(pending[0][:pending[1]]))
+    pending = (images, n)
+  if pending is not None:
+    write(np.asarray(pending[0][:pending[1]]))
+
+
+def render_video(renderer, portrait: Portrait, frames: Mapping[str, np.ndarray], out: str, *,
+                 audio: str | np.ndarray | None, batch_size: int = 16, stitching: bool = True,
+                 paste_back: bool = False, progress: bool = True) -> dict:
+  """Renders composed motion (`compose`) of the portrait into an H.264 mp4 at 25 fps with the audio muxed in
+  (a file or a 16 kHz waveform); returns dict(frames, size (h, w))."""
+  import jax
+  import jax.numpy as jnp
+  from tqdm import tqdm
+  from playmate_jax import motion
+  n = len(frames["exp"])
+  kp = jnp.asarray(portrait.motion["kp"])
+
+  @jax.jit
+  def keypoints(rotation, exp, t, scale):
+    return motion.transform_keypoints_with_matrix(jnp.broadcast_to(kp, (rotation.shape[0],) + kp.shape[1:]),
+                                                  rotation, exp, t, scale)
+
+  def batches():
+    for start in range(0, n, batch_size):
+      part = {k: np.asarray(frames[k][start:start + batch_size], np.float32)
+              for k in ("rotation", "exp", "t", "scale")}
+      m = len(part["exp"])
+      part = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - m, axis=0)]) for k, v in part.items()}
+      yield keypoints(part["rotation"], part["exp"], part["t"], part["scale"]), m
+
+  paster = crop_lib.PasteBack(portrait.image, portrait.crop, renderer.render_size) if paste_back else None
+  with video.VideoWriter(out, fps=FPS, audio=audio) as writer, \
+       tqdm(total=n, unit="frame", desc="render", disable=not progress) as bar:
+
+    def write(images):
+      for image in images:
+        writer.write(paster(image) if paster is not None else image)
+      bar.update(len(images))
+
+    render_stream(renderer, portrait.feature, portrait.keypoints, batches(), write, stitching=stitching)
+  return {"frames": writer.num_frames, "size": writer.size}

@@ -1,0 +1,123 @@
+"""pipelines/animate.py and playmate_jax.animate: portrait + speech -> mp4, pose modes, clear errors.
+
+Tiny trained models (tests/conftest.py) and tiny random renderer weights (64x64 crops, 128x128 frames).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from playmate_jax import animate as anim
+from playmate_jax import motion, video
+from playmate_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_cli():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("animate_cli", os.path.join(ROOT, "pipelines", "animate.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  from skimage import data
+  import cv2
+  folder = tmp_path_factory.mktemp("animate_inputs")
+  cv2.imwrite(str(folder / "portrait.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+  t = np.arange(int(1.9 * 44100)) / 44100  # 1.9 s at 44.1 kHz: not a whole number of frames, not 16 kHz
+  speech = 0.3 * np.sin(2 * np.pi * 160 * t) * (np.sin(2 * np.pi * 4 * t) > 0)
+  sf.write(folder / "speech.wav", speech.astype(np.float32), 44100)
+  cv2.imwrite(str(folder / "blank.png"), np.full((200, 200, 3), 127, np.uint8))
+  (folder / "noise.wav").write_bytes(b"not audio at all" * 10)
+  return folder
+
+
+def args_for(inputs, checkpoint, out, *extra):
+  cli = load_cli()
+  return cli, cli.parse_args(["--checkpoint", str(checkpoint), "--renderer", "random:tiny", "--image",
+                              str(inputs / "portrait.png"), "--audio", str(inputs / "speech.wav"), "--out", str(out),
+                              "--no-progress", "--dtype", "float32", *extra])
+
+
+def test_portrait_and_speech_become_a_video_of_the_audio_length(stage2_run, inputs, tmp_path):
+  cli, args = args_for(inputs, stage2_run, tmp_path / "talk.mp4", "--emotion", "happy", "--paste-back")
+  result = cli.animate(args)
+  info = video.probe(result["out"])
+  audio_seconds = 1.9
+  assert info.fps == 25 and info.has_audio and info.codec == "h264"
+  assert abs(info.duration - audio_seconds) <= 1 / 25 + 1e-6, info
+  assert result["frames"] == int(np.ceil(audio_seconds * 25))
+  assert (info.width, info.height) == (512, 512)  # pasted back into the 512x512 photo
+  with np.load(result["motion"]) as m:
+    assert m["exp"].shape == (result["frames"], 21, 3) and m["yaw"].shape == (result["frames"],)
+  sound = video.extract_audio(result["out"])
+  assert abs(len(sound) / 16000 - audio_seconds) <= 1 / 25
+
+
+def test_pose_modes(stage1_run, inputs, tmp_path):
+  """fixed holds the portrait's pose; sweep turns the head by the preset; a driving video's pose is taken
+  relative to its first frame; the expression is the generated one in every mode."""
+  from playmate_jax.renderer.api import Renderer
+  from playmate_jax.renderer.config import TINY_MODEL_PARAMS
+  renderer = Renderer.random(TINY_MODEL_PARAMS, crop_size=64)
+  portrait = anim.load_portrait(renderer, str(inputs / "portrait.png"))
+  model = anim.MotionModel.load(str(stage1_run))
+  wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+  generated = model.generate(wave, portrait.motion)
+  n = len(generated["exp"])
+  src = portrait.motion
+  r_s = np.asarray(motion.rotation_matrix(src["pitch"], src["yaw"], src["roll"]))[0]
+
+  fixed = anim.compose(src, generated, "fixed")
+  np.testing.assert_allclose(fixed["rotation"], np.broadcast_to(r_s, (n, 3, 3)), atol=1e-6)
+  np.testing.assert_allclose(fixed["scale"], np.full(n, src["scale"][0]), rtol=1e-6)
+  np.testing.assert_array_equal(fixed["exp"], generated["exp"])
+
+  gen = anim.compose(src, generated, "generated")
+  np.testing.assert_allclose(gen["yaw"], generated["yaw"], atol=1e-6)
+
+  sweep = anim.compose(src, generated, "driven", anim.sweep_pose(n))
+  expected = np.asarray(motion.rotation_matrix(*(anim.sweep_pose(n)[k] for k in ("pitch", "yaw", "roll")))) @ r_s
+  np.testing.assert_allclose(sweep["rotation"], expected, atol=1e-5)
+  assert np.ptp(sweep["yaw"]) > 10.0 and sweep["t"][:, 2].max() == 0.0
+
+  # A driving video: its pose relative to its first frame; a still video leaves the portrait's pose unchanged.
+  from tests import videos
+  videos.talking_face(tmp_path / "drive.mp4", 3.0, size=(160, 120))
+  driven = anim.video_pose(renderer, str(tmp_path / "drive.mp4"), n + 30, batch_size=16)
+  assert driven["yaw"].shape == (n + 30,)  # 3 s of video for 2.2 s of frames: cut; longer: holds the last
+  still = {k: np.repeat(v[:1], n, axis=0) for k, v in driven.items()}
+  held = anim.compose(src, generated, "driven", still)
+  np.testing.assert_allclose(held["rotation"], np.broadcast_to(r_s, (n, 3, 3)), atol=1e-5)
+  np.testing.assert_allclose(held["t"][:, :2], np.broadcast_to(src["t"][:, :2], (n, 2)), atol=1e-6)
+
+
+def test_bad_inputs_are_one_sentence(stage1_run, stage2_run, inputs, tmp_path):
+  cli, args = args_for(inputs, stage2_run, tmp_path / "x.mp4", "--emotion", "joyful")
+  with pytest.raises(UserError, match="'joyful'.*angry, contempt"):
+    cli.animate(args)
+  cli, args = args_for(inputs, stage1_run, tmp_path / "x.mp4", "--emotion", "happy")
+  with pytest.raises(UserError, match="stage-1 model.*no emotion control"):
+    cli.animate(args)
+  cli, args = args_for(inputs, stage1_run, tmp_path / "x.mp4")
+  args.image = str(inputs / "blank.png")
+  with pytest.raises(UserError, match="No face was found in portrait .*blank.png"):
+    cli.animate(args)
+  args.image, args.audio = str(inputs / "portrait.png"), str(inputs / "noise.wav")
+  with pytest.raises(UserError, match="noise.wav could not be decoded"):
+    cli.animate(args)
+  cli, args = args_for(inputs, stage1_run, tmp_path / "x.mp4", "--pose", "video:missing.mp4")
+  with pytest.raises(UserError, match="missing.mp4.*does not exist"):
+    cli.animate(args)
+  cli, args = args_for(inputs, stage1_run, tmp_path / "x.mp4", "--pose", "nod")
+  with pytest.raises(UserError, match="generated, fixed, sweep, video:FILE"):
+    cli.animate(args)
+  assert not os.path.exists(tmp_path / "x.mp4")
