@@ -120,6 +120,7 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
   from tqdm import tqdm
 
   from playmate_jax import motion, video
+  from playmate_jax.animate import render_stream
   from playmate_jax.renderer import crop as crop_lib
 
   if batch_size < 1:
@@ -149,19 +150,13 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
     rel = motion.relative_motion(src, drv, first)
     return motion.transform_keypoints_with_matrix(src["kp"], rel["rotation"], rel["exp"], rel["t"], rel["scale"])
 
-  to_uint8 = jax.jit(lambda x: (jnp.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8))  # 4x less to copy
-
-  def render(crops: np.ndarray, first):
+  def driving_keypoints(crops: np.ndarray, first):
     drv = renderer.extract_motion(jnp.asarray(crops))
     if first is None:
       first = jax.tree.map(lambda v: v[:1], drv)
     if retarget is not None:
-      x_d = retarget(drv["exp"], first["exp"])
-    else:
-      x_d = relative_keypoints(drv, first)
-    if stitching:
-      x_d = renderer.stitch(x_s, x_d)
-    return to_uint8(renderer.warp_decode(f_s, x_s, x_d)), first
+      return retarget(drv["exp"], first["exp"]), first
+    return relative_keypoints(drv, first), first
 
   original = crop_lib.load_image(source) if paste_back else None
   paster = crop_lib.PasteBack(original, src_crop, renderer.render_size) if paste_back else None
@@ -173,30 +168,27 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
   if max_frames is not None:
     frames = itertools.islice(frames, max_frames)
 
-  first = None
-  with video.VideoWriter(out, fps=fps, audio=driving if info.has_audio else None) as writer, \
-       tqdm(total=total or None, unit="frame", desc="reenact", disable=not progress) as bar:
-
-    def write(pending):
-      images, n = pending
-      images = np.asarray(images[:n])
-      for image in images:
-        writer.write(paster(image) if paster is not None else image)
-      bar.update(n)
-
-    pending = None
+  def keypoint_batches():
+    first = None
     for batch in _batches(frames, batch_size):
       n = len(batch)
       crops = np.stack([crop_lib.crop_with_square(f, square, renderer.crop_size).image for f in batch])
       if n < batch_size:  # pad the last batch: one compiled shape for the whole video
         crops = np.concatenate([crops, np.repeat(crops[-1:], batch_size - n, axis=0)])
-      images, first = render(crops, first)  # dispatched asynchronously; the previous batch is written meanwhile
-      if pending is not None:
-        write(pending)
-      pending = (images, n)
-    if pending is None:
+      x_d, first = driving_keypoints(crops, first)
+      yield x_d, n
+
+  with video.VideoWriter(out, fps=fps, audio=driving if info.has_audio else None) as writer, \
+       tqdm(total=total or None, unit="frame", desc="reenact", disable=not progress) as bar:
+
+    def write(images):
+      for image in images:
+        writer.write(paster(image) if paster is not None else image)
+      bar.update(len(images))
+
+    render_stream(renderer, f_s, x_s, keypoint_batches(), write, stitching=stitching)
+    if writer.num_frames == 0:
       raise UserError(f"Driving video {driving} has no frames; give a video with at least one frame.")
-    write(pending)
     size = writer.size
   return {"frames": writer.num_frames, "size": size, "fps": fps, "has_audio": info.has_audio}
 
