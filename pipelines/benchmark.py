@@ -56,7 +56,7 @@ def bench_train(config, steps: int) -> dict:
   configlib.validate(config, num_devices=mesh.size, process_count=jax.process_count())
   audio_dim = audio.get_encoder(config.audio).feature_dim
   parts = build_components(config, mesh, audio_dim)
-  state = state_lib.create_train_state(parts.model_fn, parts.tx, jax.random.key(0), mesh)
+  state = state_lib.create_train_state(parts.model_fn, parts.tx, jax.random.key(0), mesh, parts.trainable)
   rng = np.random.default_rng(0)
   batches = [mesh_lib.global_batch(random_batch(config, audio_dim, rng), mesh) for _ in range(4)]
   key = jax.random.key(1)
