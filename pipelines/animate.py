@@ -56,7 +56,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def animate(args: argparse.Namespace) -> dict:
   """Runs the whole job; returns dict(out, motion, frames, size, seconds)."""
-  import jax.numpy as jnp
   import numpy as np
 
   from playmate_jax import animate as anim
@@ -83,7 +82,7 @@ def animate(args: argparse.Namespace) -> dict:
   if label is not None and model.stage != 2:
     raise UserError(f"Checkpoint {model.workdir} is a stage-{model.stage} model, which has no emotion control; "
                     "drop --emotion or pass a stage-2 checkpoint (trained with configs/stage2.py).")
-  renderer = Renderer.from_spec(args.renderer, {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype])
+  renderer = Renderer.from_spec(args.renderer, args.dtype)
   portrait = anim.load_portrait(renderer, args.image)
 
   motion = model.generate(wave, portrait.motion, seed=args.seed, w_audio=args.w_audio, emotion=label,

@@ -52,9 +52,8 @@ MAX_RATIO = 1.0
 
 
 def load_renderer(spec: str, dtype_name: str):
-  import jax.numpy as jnp
   from playmate_jax.renderer.api import Renderer
-  return Renderer.from_spec(spec, {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name])
+  return Renderer.from_spec(spec, dtype_name)
 
 
 class _Retargeting:

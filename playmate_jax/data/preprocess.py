@@ -376,7 +376,6 @@ class Preprocessor:
   """Runs `Settings`: decode workers feeding one accelerator process (see the module docstring)."""
 
   def __init__(self, settings: Settings):
-    import jax.numpy as jnp
     from playmate_jax.audio import get_encoder
     from playmate_jax.renderer.api import Renderer
     self.s = settings
@@ -384,8 +383,7 @@ class Preprocessor:
     self.audio_config = audio_config(settings.audio_encoder)
     self.encoder = get_encoder(self.audio_config)
     self.store.check_settings(self.fingerprint())
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[settings.dtype]
-    self.renderer = Renderer.from_spec(settings.renderer, dtype)
+    self.renderer = Renderer.from_spec(settings.renderer, settings.dtype)
     self.watch = _Stopwatch()  # the main process's stages; the workers' come with their results
     crop_lib.detect_faces(np.zeros((64, 64, 3), np.uint8))  # no face detector (OpenCV 5): one clear error, now
     with self.watch("compile"):

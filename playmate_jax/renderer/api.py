@@ -143,9 +143,11 @@ class Renderer:
   @classmethod
   def from_spec(cls, spec: str, dtype: Any = jnp.float32) -> "Renderer":
     """What the command lines' `--renderer` names: a converted weights folder, `random` (random networks of the
-    released sizes: meaningless output, for trying a pipeline) or `random:tiny` (tiny ones on 64x64 crops)."""
+    released sizes: meaningless output, for trying a pipeline) or `random:tiny` (tiny ones on 64x64 crops).
+    `dtype` is a dtype or its name ("float32", "bfloat16"), as the command lines' `--dtype` gives it."""
     from playmate_jax.errors import UserError
     from playmate_jax.renderer.config import TINY_MODEL_PARAMS
+    dtype = jnp.dtype(dtype)
     if spec == "random":
       return cls.random(dtype=dtype)
     if spec == "random:tiny":
