@@ -79,6 +79,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sample.eta = 0.0
   c.sample.w_audio = 1.5              # audio guidance weight w_a
   c.sample.clip_x0 = 6.0              # clip each DDIM x0 estimate to +-this (normalized units; 0: off)
+  c.sample.windows_per_call = 8       # windows sampled per device call (one compiled shape; no host round trip
+                                      # between them); 1: one call per window
 
   # Optimizer: AdamW, linear warm-up then cosine decay, global-norm clipping, EMA of the weights.
   c.optim = ml_collections.ConfigDict()

@@ -316,6 +316,13 @@ def test_sample_sequence_real_model_one_compile():
   assert out.shape == (3 * L + 1, 69) and again.shape == (2 * L - 3, 69)
   assert np.isfinite(out).all() and out.dtype == np.float32
   assert sampler.num_traces == 1     # 6 windows, two lengths, two guidance weights: one compilation
+  one_by_one = get_config("tiny")
+  one_by_one.sample.windows_per_call = 1
+  slow = make_window_sampler(graphdef, Diffusion.from_config(CFG.diffusion), one_by_one)
+  for length in (3 * L + 1, 2 * L):  # device-side windows (3 and 2 in one call) == one call per window
+    audio = rng.normal(size=(length, D))
+    np.testing.assert_allclose(sample_sequence(sampler, params, audio, identity, key, CFG),
+                               sample_sequence(slow, params, audio, identity, key, one_by_one), atol=2e-5)
   batched = sample_sequence(sampler, params, rng.normal(size=(2, L + 3, D)), np.stack([identity] * 2), key, CFG)
   assert batched.shape == (2, L + 3, 69) and not np.allclose(batched[0], batched[1])
 

@@ -97,11 +97,13 @@ def sample_window(model: Any, diffusion: Diffusion, audio: jax.Array, prev: jax.
 
 
 class WindowSampler:
-  """One window of motion by DDIM + CFG, jitted once for fixed shapes; params are an argument.
+  """Windows of motion by DDIM + CFG, jitted once for fixed shapes; params are an argument.
 
   __call__(params, audio [B,L+2c,D], prev [B,K,69], identity [B,132], key, w_audio, emotion=None, w_emotion=0.0)
-  -> x0 [B,L,69] float32; emotion [B] int guides a stage-2 model (three-way guidance), None does not (two-way).
-  `num_traces` counts the traces (compilations) of the jitted function: one per shape, and per emotion or not.
+  -> x0 [B,L,69] float32: one window; emotion [B] int guides a stage-2 model (three-way guidance), None does not
+  (two-way). `windows(...)` runs up to `max_windows` consecutive windows in one call, each conditioned on the last
+  K frames of the one before, without returning to the host in between (what `sample_sequence` uses).
+  `num_traces` counts the traces (compilations) of the jitted functions: one per shape, and per emotion or not.
   """
 
   def __init__(self, graphdef: Any, diffusion: Diffusion, config: Any):
@@ -110,22 +112,64 @@ class WindowSampler:
     self.timesteps = ddim_timesteps(diffusion.num_timesteps, config.sample.ddim_steps)
     self.eta = float(config.sample.eta)
     self.clip_x0 = float(config.sample.clip_x0)
+    self.window, self.prev_frames = int(config.data.window), int(config.data.prev_frames)
+    # .get: checkpoints written before this setting existed hold configs without it.
+    self.max_windows = int(config.sample.get("windows_per_call", 8))
     if self.eta < 0:
       raise UserError(f"config.sample.eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like).")
+    if self.max_windows < 1:
+      raise UserError(f"config.sample.windows_per_call={self.max_windows} must be >= 1.")
     self.num_traces = 0
     self._jitted = jax.jit(self._sample)
+    self._jitted_windows = jax.jit(self._sample_windows)
+
+  def _window(self, model, audio, prev, identity, key, w_audio, emotion, w_emotion):
+    return sample_window(model, self.diffusion, audio, prev, identity, key, w_audio, self.timesteps, self.eta,
+                         self.clip_x0, emotion, w_emotion)
 
   def _sample(self, params, audio, prev, identity, key, w_audio, emotion, w_emotion):
     self.num_traces += 1
+    return self._window(nnx.merge(self.graphdef, params), audio, prev, identity, key, w_audio, emotion, w_emotion)
+
+  def _sample_windows(self, params, audio, prev, identity, key, first, count, w_audio, emotion, w_emotion):
+    self.num_traces += 1
     model = nnx.merge(self.graphdef, params)
-    return sample_window(model, self.diffusion, audio, prev, identity, key, w_audio, self.timesteps, self.eta,
-                         self.clip_x0, emotion, w_emotion)
+    l, k, c = self.window, self.prev_frames, model.audio_context
+    out = jnp.zeros((audio.shape[0], self.max_windows * l, MOTION_DIM), jnp.float32)
+
+    def body(j, carry):
+      prev, out = carry
+      window_audio = jax.lax.dynamic_slice_in_dim(audio, j * l, l + 2 * c, axis=1)
+      x0 = self._window(model, window_audio, prev, identity, jax.random.fold_in(key, first + j), w_audio,
+                        emotion, w_emotion)
+      history = jnp.concatenate([prev, x0], axis=1)
+      return history[:, history.shape[1] - k:], jax.lax.dynamic_update_slice_in_dim(out, x0, j * l, axis=1)
+
+    prev, out = jax.lax.fori_loop(0, count, body, (prev, out))
+    return out, prev
 
   def __call__(self, params: Any, audio: Any, prev: Any, identity: Any, key: jax.Array, w_audio: float | jax.Array,
                emotion: Any = None, w_emotion: float | jax.Array = 0.0) -> jax.Array:
     f32 = lambda a: jnp.asarray(a, jnp.float32)
     emotion = None if emotion is None else jnp.asarray(emotion, jnp.int32)
     return self._jitted(params, f32(audio), f32(prev), f32(identity), key, f32(w_audio), emotion, f32(w_emotion))
+
+  def windows(self, params: Any, audio: Any, prev: Any, identity: Any, key: jax.Array, first: int, count: int,
+              w_audio: float | jax.Array, emotion: Any = None,
+              w_emotion: float | jax.Array = 0.0) -> tuple[jax.Array, jax.Array]:
+    """Windows first .. first+count-1 of a sequence (count <= max_windows), in one device call.
+
+    audio [B, max_windows*L + 2c, D] holds those windows' audio with c frames of context on each side (zeros past
+    the end); prev [B, K, 69] is the motion before window `first`. Window j uses key fold_in(key, first + j), as
+    the one-window call would. Returns (x0 [B, max_windows*L, 69], of which the first count*L frames are real,
+    and the last K frames generated, the next call's prev); both stay on the device.
+    """
+    if not 1 <= count <= self.max_windows:
+      raise ValueError(f"count={count} must be between 1 and max_windows={self.max_windows}")
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    emotion = None if emotion is None else jnp.asarray(emotion, jnp.int32)
+    return self._jitted_windows(params, f32(audio), f32(prev), f32(identity), key, jnp.int32(first),
+                                jnp.int32(count), f32(w_audio), emotion, f32(w_emotion))
 
 
 def make_window_sampler(graphdef: Any, diffusion: Diffusion, config: Any) -> WindowSampler:
@@ -159,20 +203,34 @@ def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, 
   if emotion is not None:
     emotion = np.broadcast_to(np.asarray(emotion, np.int32), (b,))
   n = math.ceil(t / l)
-  padded = np.zeros((b, n * l + 2 * c, d), np.float32)
+  # One call per `per_call` windows (a WindowSampler runs them on the device in one go; any other window sampler,
+  # e.g. a test's stand-in, is called window by window).
+  per_call = window_sampler.max_windows if isinstance(window_sampler, WindowSampler) else 1
+  padded = np.zeros((b, math.ceil(n / per_call) * per_call * l + 2 * c, d), np.float32)
   padded[:, c:c + t] = audio
   prev = np.repeat(ident[:, None, :MOTION_DIM], k, axis=1)
-  out = np.zeros((b, n * l, MOTION_DIM), np.float32)
-  windows = range(n)
+  parts = []
+  bar = None
   if progress:
     from tqdm.auto import tqdm
-    windows = tqdm(windows, desc="sampling windows", unit="window")
-  for i in windows:
-    s = i * l
-    x0 = np.asarray(jax.device_get(window_sampler(params, padded[:, s:s + l + 2 * c], prev, ident,
-                                                  jax.random.fold_in(key, i), w, emotion, w_e)), np.float32)
-    out[:, s:s + l] = x0
-    history = np.concatenate([prev, x0], axis=1)
-    prev = history[:, history.shape[1] - k:]
-  out = out[:, :t]
+    bar = tqdm(total=n, desc="sampling windows", unit="window")
+  for first in range(0, n, per_call):
+    count = min(per_call, n - first)
+    s = first * l
+    if per_call > 1:
+      x0, prev = window_sampler.windows(params, padded[:, s:s + per_call * l + 2 * c], prev, ident,
+                                        key, first, count, w, emotion, w_e)
+      parts.append(x0[:, :count * l])
+    else:
+      x0 = np.asarray(jax.device_get(window_sampler(params, padded[:, s:s + l + 2 * c], prev, ident,
+                                                    jax.random.fold_in(key, first), w, emotion, w_e)), np.float32)
+      parts.append(x0)
+      history = np.concatenate([prev, x0], axis=1)
+      prev = history[:, history.shape[1] - k:]
+    if bar is not None:
+      jax.block_until_ready(parts[-1])
+      bar.update(count)
+  if bar is not None:
+    bar.close()
+  out = np.concatenate([np.asarray(jax.device_get(p), np.float32) for p in parts], axis=1)[:, :t]
   return out[0] if single else out
