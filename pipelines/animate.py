@@ -61,6 +61,9 @@ def animate(args: argparse.Namespace) -> dict:
   from playmate_jax import animate as anim
   from playmate_jax.audio import load_audio, num_frames
   from playmate_jax.renderer.api import Renderer
+  from playmate_jax.timing import Stopwatch
+
+  watch = Stopwatch()
 
   # Every input is checked before anything heavy runs, so that a mistake is reported at once.
   out = args.out or os.path.splitext(args.audio)[0] + ".mp4"
@@ -77,30 +80,36 @@ def animate(args: argparse.Namespace) -> dict:
       raise UserError(f"Driving video {driving_path} (from --pose) does not exist; check the path.")
   elif pose not in ("generated", "fixed", "sweep"):
     raise UserError(f"--pose {args.pose!r} is not a pose mode; use one of: {', '.join(anim.POSE_MODES)}.")
-  wave = load_audio(args.audio)
-  model = anim.MotionModel.load(args.checkpoint, args.ddim_steps)
+  with watch("audio"):
+    wave = load_audio(args.audio)
+  with watch("restore"):
+    model = anim.MotionModel.load(args.checkpoint, args.ddim_steps)
   if label is not None and model.stage != 2:
     raise UserError(f"Checkpoint {model.workdir} is a stage-{model.stage} model, which has no emotion control; "
                     "drop --emotion or pass a stage-2 checkpoint (trained with configs/stage2.py).")
-  renderer = Renderer.from_spec(args.renderer, args.dtype)
-  portrait = anim.load_portrait(renderer, args.image)
-
-  motion = model.generate(wave, portrait.motion, seed=args.seed, w_audio=args.w_audio, emotion=label,
-                          w_emotion=args.w_emotion, progress=not args.no_progress)
+  with watch("renderer"):
+    renderer = Renderer.from_spec(args.renderer, args.dtype)
+  with watch("portrait"):
+    portrait = anim.load_portrait(renderer, args.image)
+  with watch("motion"):
+    motion = model.generate(wave, portrait.motion, seed=args.seed, w_audio=args.w_audio, emotion=label,
+                            w_emotion=args.w_emotion, progress=not args.no_progress)
   assert len(motion["exp"]) == num_frames(len(wave))
   motion_path = os.path.splitext(out)[0] + ".motion.npz"
   np.savez(motion_path, fps=np.int32(anim.FPS), **motion)
   n = len(motion["exp"])
-  if pose == "video":
-    frames = anim.compose(portrait.motion, motion, "driven", anim.video_pose(renderer, driving_path, n))
-  elif pose == "sweep":
-    frames = anim.compose(portrait.motion, motion, "driven", anim.sweep_pose(n))
-  else:
-    frames = anim.compose(portrait.motion, motion, pose)
-  result = anim.render_video(renderer, portrait, frames, out, audio=wave, batch_size=args.batch_size,
-                             stitching=not args.no_stitching, paste_back=args.paste_back,
-                             progress=not args.no_progress)
-  return dict(result, out=out, motion=motion_path, seconds=len(wave) / 16000)
+  with watch("pose"):
+    if pose == "video":
+      frames = anim.compose(portrait.motion, motion, "driven", anim.video_pose(renderer, driving_path, n))
+    elif pose == "sweep":
+      frames = anim.compose(portrait.motion, motion, "driven", anim.sweep_pose(n))
+    else:
+      frames = anim.compose(portrait.motion, motion, pose)
+  with watch("render"):
+    result = anim.render_video(renderer, portrait, frames, out, audio=wave, batch_size=args.batch_size,
+                               stitching=not args.no_stitching, paste_back=args.paste_back,
+                               progress=not args.no_progress)
+  return dict(result, out=out, motion=motion_path, seconds=len(wave) / 16000, stages=watch)
 
 
 def main(argv: list[str]) -> int:
@@ -112,6 +121,7 @@ def main(argv: list[str]) -> int:
     h, w = r["size"]
     print(f"wrote {r['out']}: {r['frames']} frames ({r['frames'] / 25:.2f} s at 25 fps, {w}x{h}) for "
           f"{r['seconds']:.2f} s of audio; motion in {r['motion']}")
+    print(f"time: {r['stages'].summary()}")
 
   return cli.run(run)
 

@@ -48,6 +48,7 @@ from playmate_jax.data import builder, tracking
 from playmate_jax.errors import UserError
 from playmate_jax.motion import EMOTIONS
 from playmate_jax.renderer import crop as crop_lib
+from playmate_jax.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -146,24 +147,9 @@ def _reject(job: Job, kind: str, reason: str) -> Prepared:
   return Prepared(job.relpath, rejection=tracking.Rejection(kind, reason))
 
 
-class _Stopwatch:
-  """Seconds per named stage: `with watch("scan"): ...`."""
-
-  def __init__(self):
-    self.seconds: dict[str, float] = {}
-
-  @contextlib.contextmanager
-  def __call__(self, stage: str):
-    t = time.perf_counter()
-    try:
-      yield
-    finally:
-      self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t
-
-
 def prepare_video(job: Job) -> Prepared:
   """Decode, track and crop one video (runs in a worker process); never raises for a bad video."""
-  watch = _Stopwatch()
+  watch = Stopwatch()
   try:
     p = _prepare(job, watch)
   except Exception:  # a bug, not a bad video: recorded, and the run goes on
@@ -173,7 +159,7 @@ def prepare_video(job: Job) -> Prepared:
   return p
 
 
-def _prepare(job: Job, watch: _Stopwatch) -> Prepared:
+def _prepare(job: Job, watch: Stopwatch) -> Prepared:
   path = os.path.join(job.root, job.relpath)
   s = job.track
   if os.path.getsize(path) == 0:
@@ -384,7 +370,7 @@ class Preprocessor:
     self.encoder = get_encoder(self.audio_config)
     self.store.check_settings(self.fingerprint())
     self.renderer = Renderer.from_spec(settings.renderer, settings.dtype)
-    self.watch = _Stopwatch()  # the main process's stages; the workers' come with their results
+    self.watch = Stopwatch()  # the main process's stages; the workers' come with their results
     crop_lib.detect_faces(np.zeros((64, 64, 3), np.uint8))  # no face detector (OpenCV 5): one clear error, now
     with self.watch("compile"):
       self.motion(np.zeros((1, self.renderer.crop_size, self.renderer.crop_size, 3), np.uint8))
