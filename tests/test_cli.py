@@ -1,0 +1,44 @@
+"""playmate_jax.cli: one-sentence user errors and the persistent compilation cache every entry point turns on."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PROGRAM = """
+import sys, jax, jax.numpy as jnp
+from playmate_jax import cli
+from playmate_jax.errors import UserError
+def main():
+  print(float(jax.jit(lambda x: jnp.sin(x).sum())(jnp.arange(3.0))))
+  if sys.argv[1] == "fail":
+    raise UserError("Portrait x.jpg has no face; give a photo with one frontal face.")
+sys.exit(cli.run(main))
+"""
+
+
+def run(tmp_path, *args, cache):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PLAYMATE_COMPILE_CACHE=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  return subprocess.run([sys.executable, "-c", PROGRAM, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=120)
+
+
+def test_compilation_cache_is_written_and_can_be_turned_off(tmp_path):
+  cache = tmp_path / "xla"
+  first = run(tmp_path, "ok", cache=cache)
+  assert first.returncode == 0, first.stderr
+  entries = sorted(os.listdir(cache))
+  assert entries                                     # the compiled program was stored ...
+  again = run(tmp_path, "ok", cache=cache)
+  assert again.returncode == 0 and again.stdout == first.stdout
+  assert sorted(os.listdir(cache)) == entries        # ... and found again: nothing new written
+  off = run(tmp_path, "ok", cache="off")
+  assert off.returncode == 0 and not os.path.exists(os.path.join(ROOT, "off"))
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+  result = run(tmp_path, "fail", cache="off")
+  assert result.returncode == 2
+  assert result.stderr.strip() == "error: Portrait x.jpg has no face; give a photo with one frontal face."
