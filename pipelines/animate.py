@@ -2,11 +2,12 @@
 
   python pipelines/animate.py --checkpoint WORKDIR|CHECKPOINT_DIR --renderer WEIGHTS_DIR|random
                               --image PORTRAIT.jpg --audio SPEECH.wav [--emotion NAME]
-                              [--pose generated|fixed|sweep|video:FILE] [--out OUT.mp4] [--paste-back]
+                              [--pose generated|fixed|sweep|video:FILE] [--out OUT.mp4] [--paste-back] [--no-crop]
                               [--w-audio 1.5] [--w-emotion 1.5] [--ddim-steps 25] [--seed 0]
                               [--batch-size 16] [--dtype float32|bfloat16] [--no-stitching]
 
-- The portrait is cropped around its face (LivePortrait's crop); its appearance and motion are extracted once.
+- The portrait is cropped around its face (LivePortrait's crop; --no-crop: the image already is one); its appearance
+  and motion are extracted once.
 - The motion model (a stage-1 or stage-2 training workdir, EMA weights) generates expression and head pose for
   the whole recording, window by window (any length); with a stage-2 model, --emotion NAME (angry, contempt,
   disgusted, fear, happy, neutral, sad, surprised) steers the expression by three-way guidance.
@@ -43,6 +44,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--pose", default="generated", help="generated, fixed, sweep or video:FILE")
   p.add_argument("--out", default=None, help="output mp4 (default: beside the audio, AUDIO.mp4)")
   p.add_argument("--paste-back", action="store_true", help="paste the animated face back into the full photo")
+  p.add_argument("--no-crop", action="store_true",
+                 help="the image is already a face crop (LivePortrait's framing): use its centred square as it is, "
+                      "with no face detection")
   p.add_argument("--w-audio", type=float, default=None, help="audio guidance weight (default: the config's)")
   p.add_argument("--w-emotion", type=float, default=None, help="emotion guidance weight (default: the config's)")
   p.add_argument("--ddim-steps", type=int, default=None, help="DDIM steps (default: the config's)")
@@ -90,7 +94,7 @@ def animate(args: argparse.Namespace) -> dict:
   with watch("renderer"):
     renderer = Renderer.from_spec(args.renderer, args.dtype)
   with watch("portrait"):
-    portrait = anim.load_portrait(renderer, args.image)
+    portrait = anim.load_portrait(renderer, args.image, crop=not args.no_crop)
   with watch("motion"):
     motion = model.generate(wave, portrait.motion, seed=args.seed, w_audio=args.w_audio, emotion=label,
                             w_emotion=args.w_emotion, progress=not args.no_progress)

@@ -125,10 +125,14 @@ class Portrait:
   keypoints: Any
 
 
-def load_portrait(renderer, path: str) -> Portrait:
-  """Crops the portrait (UserError naming it when it has no face) and runs F and M on the crop once."""
+def load_portrait(renderer, path: str, crop: bool = True) -> Portrait:
+  """Crops the portrait (UserError naming it when it has no face) and runs F and M on the crop once. With
+  crop=False the image is taken as an already cropped face (its centred square, resized), with no detection."""
   image = crop_lib.load_image(path)
-  crop = crop_lib.crop_portrait(path, size=renderer.crop_size)
+  if crop:
+    crop = crop_lib.crop_portrait(image, size=renderer.crop_size, name=path)
+  else:
+    crop = crop_lib.crop_with_square(image, crop_lib.center_square(*image.shape[:2]), renderer.crop_size)
   batch = crop.image[None]
   src = {k: np.asarray(v, np.float32) for k, v in renderer.extract_motion(batch).items()}
   return Portrait(image=image, crop=crop, feature=renderer.extract_appearance(batch), motion=src,

@@ -121,3 +121,16 @@ def test_bad_inputs_are_one_sentence(stage1_run, stage2_run, inputs, tmp_path):
   with pytest.raises(UserError, match="generated, fixed, sweep, video:FILE"):
     cli.animate(args)
   assert not os.path.exists(tmp_path / "x.mp4")
+
+
+def test_no_crop_takes_the_image_as_the_face_crop(inputs):
+  """--no-crop: no detection (a face-less image is accepted), the centred square resized to the crop size."""
+  from playmate_jax.renderer.api import Renderer
+  from playmate_jax.renderer.config import TINY_MODEL_PARAMS
+  renderer = Renderer.random(TINY_MODEL_PARAMS, crop_size=64)
+  portrait = anim.load_portrait(renderer, str(inputs / "blank.png"), crop=False)
+  assert portrait.crop.image.shape == (64, 64, 3)
+  np.testing.assert_allclose(portrait.crop.image, 127 / 255, atol=1e-6)
+  np.testing.assert_allclose(portrait.crop.matrix, [[200 / 64, 0, 0], [0, 200 / 64, 0]])  # crop -> whole image
+  with pytest.raises(UserError, match="No face was found in portrait .*blank.png"):
+    anim.load_portrait(renderer, str(inputs / "blank.png"))

@@ -171,11 +171,14 @@ def crop_with_square(image: np.ndarray, square: tuple[float, float, float], size
 
 
 def crop_portrait(image: np.ndarray | str | os.PathLike, size: int = CROP_SIZE, scale: float = SOURCE_SCALE,
-                  vy_ratio: float = SOURCE_VY_RATIO) -> Crop:
+                  vy_ratio: float = SOURCE_VY_RATIO, name: str | os.PathLike | None = None) -> Crop:
   """The portrait's face crop (LivePortrait's source convention). `image` is RGB uint8 or an image path;
-  UserError (naming the file when given a path) when no face is found."""
-  name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
-  pixels = load_image(name) if name is not None else as_rgb_uint8(image)
+  UserError (naming the file: the path, or `name` for pixels read from it) when no face is found."""
+  if isinstance(image, (str, os.PathLike)):
+    name = os.fspath(image)
+    pixels = load_image(name)
+  else:
+    pixels = as_rgb_uint8(image)
   face = detect_face(pixels)
   if face is None:
     where = f"portrait {name}" if name is not None else "the portrait image"
