@@ -1,39 +1,165 @@
 """Throughput of the project's parts, measured on whatever devices JAX sees.
 
-  python pipelines/benchmark.py train --config=configs/stage1.py [--config.KEY=VALUE ...] [--steps 30] [--json OUT]
-  python pipelines/benchmark.py render [--renderer WEIGHTS_DIR|random|random:tiny] [--batch-sizes 1,32] [--parts]
-                                       [--steps 30] [--json OUT]
-  python pipelines/benchmark.py audio [--weights WAV2VEC2_DIR|random] [--seconds 3600] [--dtype bfloat16] [--json OUT]
+  python pipelines/benchmark.py {train,sample,render,audio,data,all} [--config=configs/stage1.py[:variant]]
+      [--config.KEY=VALUE ...] [--steps N] [--repeats N] [--seconds S] [--json OUT] [--profile DIR]
+  render: [--renderer WEIGHTS_DIR|random|random:tiny] [--batch-sizes 1,32] [--parts]
+  audio:  [--weights WAV2VEC2_DIR|random] [--dtype bfloat16]
+
+Every part excludes warm-up (compiling) calls and repeats its timed calls: medians with their spread (min, max,
+IQR). The figures print as a table, one per line (name, value, unit; "n/a" where the backend does not report
+one), and `--json OUT` writes them: a flat {name: value} for one part, and for `all` one object per part,
+{"train": {...}, "sample": {...}, "render": {...}, "audio": {...}, "data": {...}} (printed as `train.mfu` etc.).
+Peak device memory is the process's peak so far (under `all`, of every part run before it).
+
+`train`: exactly the jitted step launch.py runs (same model, optimizer, EMA, shardings, donated state; stage 2
+trains the emotion controller beside the frozen stage-1 part) on random batches of the config's shapes, so no
+dataset is needed. Parameter count, compile time, step time (median, min, max, IQR over --steps steps after 3
+warm-up steps), steps/s, samples/s (global and per device), peak device memory; `flops_per_step`, the model FLOPs
+of one step (2 x the multiply-adds of every matmul and convolution of forward, backward and optimizer, counted on
+the step's jaxpr, loops times their trip count), beside XLA's own count (`xla_flops_per_step_per_device`, the
+cost_analysis of the compiled step: per device under SPMD, elementwise work included, library calls on a GPU
+not); `mfu` = flops_per_step / step time / (num_devices x `peak_tflops_measured`), the peak being a dense bf16
+matmul of `peak_matmul_size` (8192 on an accelerator, 1024 on a CPU; --peak-size) timed on one device. Also the
+Grain input pipeline of the config's dataset alone (the `data` figures) and `loader_headroom` = loader samples/s
+/ step samples/s (target on a GPU: >= 3); without a dataset the loader figures are n/a with `loader_skipped`.
+
+`sample`: motion for --seconds (default 60) of random normalized audio features with the config's model (random
+weights), through generator.sample_sequence as animate.MotionModel.generate runs it: config.sample.ddim_steps
+DDIM steps per window with audio CFG (stage 1) or three-way audio + emotion guidance (stage 2). Compile time
+(the first call), wall time of --repeats full calls (median, min, max), frames/s, real-time factor (seconds of
+audio per second of wall time), the model FLOPs of one window and the rate they imply, peak device memory.
 
 `render`: warp + decode (Renderer.warp_decode: W then G, the per-frame cost of every video) at the released sizes
 (random weights unless --renderer points to converted weights), in fp32 and bf16, per frame at each batch size;
-W and G also timed apart; the matmul/conv FLOPs of W+G per frame (counted on the jaxpr) and the rate they imply; the PSNR of the bf16 image
-against the fp32 one on the same inputs; with --parts, W's and G's stages timed one by one (bf16).
+W and G also timed apart; the matmul/conv FLOPs of W+G per frame (counted on the jaxpr) and the rate they imply;
+the PSNR of the bf16 image against the fp32 one on the same inputs; with --parts, W's and G's stages timed one
+by one (bf16).
 
 `audio`: wav2vec2 features (25 fps rows, chunked as configured in configs/stage1.py's audio section) for
---seconds of audio through a wav2vec2-base-sized encoder with random weights, or the converted one given by
---weights: wall time of a second full call after a compiling first one, real-time factor and peak device
-memory (run it with two lengths to see that memory does not grow with the audio).
+--seconds (default 3600) of audio through a wav2vec2-base-sized encoder with random weights, or the converted
+one given by --weights: a compiling first call, then wall time of --repeats full calls (median, min, max),
+real-time factor and peak device memory (run it with two lengths to see that memory does not grow with audio).
 
-Times exactly the jitted step that launch.py runs (same model, optimizer, EMA, shardings, donated state) on random
-batches of the config's shapes, so no dataset is needed. Reports the parameter count, compile time, per-step time
-(median and spread over --steps timed steps, after warm-up), samples/s, XLA's FLOP count for one step and the peak
-device memory where the backend reports it.
+`data`: the training input pipeline alone (data.make_train_iterator on the config's dataset; the demo dataset
+for :demo/:tiny or --config.data.name=demo): time to the end of 5 warm-up batches, then per-batch time over
+--loader-batches batches (median, min, max, IQR), batches/s and samples/s sustained over them.
+
+`all`: data, train, sample, render and audio in one process (the loader is measured once, for data and train).
+A :tiny config gets quick sizes: random:tiny renderer at batch 2 and 3 steps, 4 s of audio to sample, 2 s to
+encode in float32; other configs the defaults above. Flags given explicitly win.
+
+`--compile-cache` turns JAX's persistent compilation cache on (off by default, so that compile times are real).
+`--profile DIR` (train, sample, all) writes jax.profiler traces (playmate_jax.profiling.trace) of 3 train steps
+to DIR/train and of one full sample call to DIR/sample, after the timed calls.
+
+The persistent compilation cache stays off here, so compile times are real compilations.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from playmate_jax import cli  # noqa: E402
+from playmate_jax.errors import UserError  # noqa: E402
 
+PARTS = ("train", "sample", "render", "audio", "data")
+
+
+# --- measuring -------------------------------------------------------------------------------------------------------
+
+def timed(fn, args, repeats: int, warmup: int = 2):
+  """(seconds of the first call (compiling), seconds of each of `repeats` calls after `warmup` more, last output)."""
+  import jax
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  first_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    out = jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return first_s, times, out
+
+
+def spread(name: str, times: list[float], scale: float = 1e3) -> dict[str, float]:
+  """{name}_median, _min, _max, _iqr of `times` (seconds) times `scale` (default: milliseconds)."""
+  q1, q3 = np.percentile(times, [25, 75])
+  return {f"{name}_median": scale * statistics.median(times), f"{name}_min": scale * min(times),
+          f"{name}_max": scale * max(times), f"{name}_iqr": scale * float(q3 - q1)}
+
+
+def peak_memory_gib() -> float | None:
+  """Peak bytes in use on the first local device so far, in GiB; None where the backend does not say (CPU)."""
+  import jax
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None
+
+
+def measure_peak(size: int | None = None, repeats: int = 10) -> dict:
+  """The dense bf16 matmul rate of one device: an n x n by n x n product (n = 8192 on an accelerator, 1024 on a
+  CPU), median of `repeats` calls after warm-up; MFU's denominator."""
+  import jax
+  import jax.numpy as jnp
+  n = size or (1024 if jax.default_backend() == "cpu" else 8192)
+  ka, kb = jax.random.split(jax.random.key(0))
+  a, b = (jax.random.normal(k, (n, n), jnp.bfloat16) for k in (ka, kb))
+  _, times, _ = timed(jax.jit(jnp.matmul), (a, b), repeats)
+  median = statistics.median(times)
+  return {"peak_tflops_measured": 2.0 * n ** 3 / median / 1e12, "peak_matmul_size": n,
+          "peak_matmul_dtype": "bfloat16", "peak_matmul_ms_median": 1e3 * median}
+
+
+def matmul_flops(fn, *args) -> float:
+  """2 x the multiply-adds of every matmul and convolution in fn's jaxpr: the model FLOPs, counted the same way
+  on every backend (XLA's own cost analysis does not count the GPU's library calls).
+
+  Recurses into every sub-jaxpr (jit/pjit, custom_jvp/custom_vjp, remat, scan, while, cond): a scan body counts
+  `length` times, a cond its costliest branch, a while body once (its trip count is not known before it runs).
+  """
+  import jax
+
+  def walk(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+      name = eqn.primitive.name
+      if name == "dot_general":
+        (contract, _), _ = eqn.params["dimension_numbers"]
+        total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(eqn.invars[0].aval.shape[d] for d in contract)
+      elif name == "conv_general_dilated":  # each output: in-features per group x kernel window multiply-adds
+        kernel, spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec
+        total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * kernel[spec[1]] * math.prod(kernel[d] for d in spec[2:])
+      subs = [walk(getattr(sub, "jaxpr", sub))
+              for value in eqn.params.values() for sub in (value if isinstance(value, (list, tuple)) else (value,))
+              if hasattr(getattr(sub, "jaxpr", sub), "eqns")]
+      if name == "cond":
+        total += max(subs, default=0.0)
+      else:
+        total += sum(subs) * (eqn.params["length"] if name == "scan" else 1)
+    return total
+
+  return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def xla_flops(compiled) -> float | None:
+  """XLA's cost_analysis FLOPs of a compiled function, where the backend reports them."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+# --- the parts -------------------------------------------------------------------------------------------------------
 
 def random_batch(config, audio_dim: int, rng):
   """This process's share of a batch of the pipeline's shapes (random values: the step's cost does not depend on them)."""
@@ -44,10 +170,40 @@ def random_batch(config, audio_dim: int, rng):
           for k, (shape, dtype) in spec.items()}
 
 
-def bench_train(config, steps: int) -> dict:
+def bench_loader(config, batches: int = 50, warmup: int = 5) -> dict:
+  """The Grain training pipeline alone (data.make_train_iterator on the config's dataset), no device work."""
   import jax
-  import numpy as np
-  from playmate_jax import audio, configlib, generator
+  from playmate_jax import data
+  t0 = time.perf_counter()
+  iterator = data.make_train_iterator(config, jax.process_index(), jax.process_count())
+  for _ in range(warmup):
+    next(iterator)
+  warmup_s = time.perf_counter() - t0
+  times = []
+  for _ in range(batches):
+    t = time.perf_counter()
+    next(iterator)
+    times.append(time.perf_counter() - t)
+  del iterator
+  rate = batches / sum(times)
+  return {"dataset": config.data.name, "batch_size": config.data.batch_size,
+          "worker_count": config.data.worker_count, "batches": batches, "warmup_s": warmup_s,
+          **spread("batch_ms", times), "batches_per_s": rate,
+          "samples_per_s": rate * config.data.batch_size}  # every process reads its share at this rate
+
+
+def try_loader(config, batches: int) -> dict:
+  """bench_loader's figures, or {"skipped": reason} when the dataset cannot be opened."""
+  try:
+    return bench_loader(config, batches)
+  except UserError as e:
+    return {"skipped": str(e)}
+
+
+def bench_train(config, steps: int, peak: dict, loader: dict | None = None, profile: str | None = None) -> dict:
+  """The train step on random batches; `peak` from measure_peak (for MFU), `loader` from try_loader (or None)."""
+  import jax
+  from playmate_jax import audio, configlib, generator, profiling
   from playmate_jax.train import mesh as mesh_lib
   from playmate_jax.train import state as state_lib
   from playmate_jax.train.trainer import build_components
@@ -61,56 +217,101 @@ def bench_train(config, steps: int) -> dict:
   batches = [mesh_lib.global_batch(random_batch(config, audio_dim, rng), mesh) for _ in range(4)]
   key = jax.random.key(1)
 
+  flops = matmul_flops(parts.train_step, state, batches[0], key)
   t0 = time.perf_counter()
-  compiled = parts.train_step.lower(state, batches[0], key).compile()
+  step = parts.train_step.lower(state, batches[0], key).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
   for i in range(3):  # warm-up
-    state, metrics = parts.train_step(state, batches[i % 4], key)
+    state, metrics = step(state, batches[i % 4], key)
   jax.block_until_ready(metrics)
   times = []
   for i in range(steps):
     t = time.perf_counter()
-    state, metrics = parts.train_step(state, batches[i % 4], key)
+    state, metrics = step(state, batches[i % 4], key)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
-  stats = jax.local_devices()[0].memory_stats() or {}
-  median = statistics.median(times)
-  return {
-      "device": jax.devices()[0].device_kind, "num_devices": mesh.size, "batch_size": config.data.batch_size,
+  if profile:
+    with profiling.trace(profile):
+      for i in range(3):
+        state, metrics = step(state, batches[i % 4], key)
+      jax.block_until_ready(metrics)
+  median, b, n = statistics.median(times), config.data.batch_size, mesh.size
+  result = {
+      "device": jax.devices()[0].device_kind, "num_devices": n, "stage": config.stage, "batch_size": b,
       "window": config.data.window, "prev_frames": config.data.prev_frames, "dtype": config.model.dtype,
-      "params": generator.count_params(state["params"]), "compile_s": compile_s, "step_ms_median": 1e3 * median,
-      "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
-      "step_ms_iqr": 1e3 * (np.percentile(times, 75) - np.percentile(times, 25)),
-      "samples_per_s": config.data.batch_size / median, "steps_per_s": 1.0 / median,
-      "flops_per_step": flops, "tflops_per_s": flops / median / 1e12,
-      "peak_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
-      "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
+      "params": generator.count_params(state["params"]), "compile_s": compile_s, **spread("step_ms", times),
+      "steps_per_s": 1.0 / median, "samples_per_s": b / median, "samples_per_s_per_device": b / median / n,
+      "flops_per_step": flops, "xla_flops_per_step_per_device": xla_flops(step),
+      "tflops_per_s": flops / median / 1e12,
+      **peak, "mfu": flops / median / (n * peak["peak_tflops_measured"] * 1e12),
+      "peak_memory_gib": peak_memory_gib(), "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
   }
+  if loader is not None:
+    skipped = loader.get("skipped")
+    result["loader_batches_per_s"] = None if skipped else loader["batches_per_s"]
+    result["loader_samples_per_s"] = None if skipped else loader["samples_per_s"]
+    result["loader_headroom"] = None if skipped else loader["samples_per_s"] / result["samples_per_s"]
+    if skipped:
+      result["loader_skipped"] = skipped
+  return result
 
 
-def _time(fn, args, steps: int) -> tuple[float, list[float]]:
-  """(compile seconds, per-call seconds over `steps` timed calls after 2 warm-up calls)."""
+def bench_sample(config, seconds: float, repeats: int, profile: str | None = None) -> dict:
+  """generator.sample_sequence over `seconds` of random normalized audio features, random model weights."""
   import jax
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  compile_s = time.perf_counter() - t0
-  for _ in range(2):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return compile_s, times
+  import jax.numpy as jnp
+  from flax import nnx
+  from playmate_jax import audio, generator, motion, profiling
+  from playmate_jax.train import state as state_lib
+  from playmate_jax.train.trainer import check_stage, model_factory
+
+  check_stage(config)
+  audio_dim = audio.get_encoder(config.audio).feature_dim
+  model_fn = model_factory(config, audio_dim)
+  params = jax.jit(lambda k: nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=k)), nnx.Param)))(jax.random.key(0))
+  graphdef = state_lib.model_graphdef(model_fn)
+  diffusion = generator.Diffusion.from_config(config.diffusion)
+  sampler = generator.make_window_sampler(graphdef, diffusion, config)
+  frames = int(round(seconds * config.audio.fps))
+  rng = np.random.default_rng(0)
+  features = rng.standard_normal((frames, audio_dim)).astype(np.float32)
+  identity = rng.standard_normal(motion.IDENTITY_DIM).astype(np.float32)
+  emotion = motion.EMOTIONS.index("happy") if config.stage == 2 else None
+  key = jax.random.key(0)
+
+  def run():
+    return generator.sample_sequence(sampler, params, features, identity, key, config, emotion=emotion)
+
+  first_s, times, out = timed(run, (), repeats, warmup=0)
+  if profile:
+    with profiling.trace(profile):
+      run()
+
+  # Model FLOPs of one window: ddim_steps guided evaluations of the model on one window's shapes.
+  l, k, c = config.data.window, config.data.prev_frames, config.data.audio_context
+  w_e = config.sample.w_emotion if emotion is not None else None
+  emotions = None if emotion is None else jnp.full((1,), emotion, jnp.int32)
+  eps = lambda x, t, a, p, i: generator.guided_eps(nnx.merge(graphdef, params), x, t, a, p, i,
+                                                   config.sample.w_audio, emotions, w_e)
+  window_flops = config.sample.ddim_steps * matmul_flops(
+      eps, jnp.zeros((1, l, motion.MOTION_DIM)), jnp.zeros((1,), jnp.int32), jnp.zeros((1, l + 2 * c, audio_dim)),
+      jnp.zeros((1, k, motion.MOTION_DIM)), jnp.zeros((1, motion.IDENTITY_DIM)))
+  windows = math.ceil(frames / l)
+  wall = statistics.median(times)
+  return {
+      "device": jax.devices()[0].device_kind, "stage": config.stage, "audio_seconds": seconds, "frames": frames,
+      "windows": windows, "ddim_steps": config.sample.ddim_steps,
+      "guidance": "audio+emotion" if emotion is not None else "audio", "params": generator.count_params(params),
+      "compile_s": first_s, "wall_s": wall, "wall_s_min": min(times), "wall_s_max": max(times),
+      "repeats": repeats, "frames_per_s": frames / wall, "realtime_factor": seconds / wall,
+      "flops_per_window": window_flops, "tflops_per_s": windows * window_flops / wall / 1e12,
+      "peak_memory_gib": peak_memory_gib(), "finite": bool(np.isfinite(out).all()),
+  }
 
 
 def render_inputs(model_params, batch: int, crop_size: int = 256, seed: int = 0):
   """A feature volume and source/driving keypoints of the renderer's shapes (values in realistic ranges)."""
-  import numpy as np
   rng = np.random.default_rng(seed)
   f = model_params["appearance_feature_extractor_params"]
   size = crop_size // 2 ** f.get("num_down_blocks", 2)
@@ -118,34 +319,6 @@ def render_inputs(model_params, batch: int, crop_size: int = 256, seed: int = 0)
   kp = rng.uniform(-0.6, 0.6, (batch, model_params["warping_module_params"]["num_kp"], 3)).astype(np.float32)
   driving = kp + rng.normal(0, 0.03, kp.shape).astype(np.float32)
   return feature, kp, driving
-
-
-def matmul_flops(fn, *args) -> float:
-  """2 x the multiply-adds of every matmul and convolution in fn's jaxpr: the model FLOPs, counted the same way
-  on every backend (XLA's own cost analysis does not count the GPU's library calls)."""
-  import math
-
-  import jax
-
-  def walk(jaxpr) -> float:
-    total = 0.0
-    for eqn in jaxpr.eqns:
-      name = eqn.primitive.name
-      out = math.prod(eqn.outvars[0].aval.shape)
-      if name == "dot_general":
-        (contract, _), _ = eqn.params["dimension_numbers"]
-        total += 2.0 * out * math.prod(eqn.invars[0].aval.shape[d] for d in contract)
-      elif name == "conv_general_dilated":
-        kernel, spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec
-        total += 2.0 * out * kernel[spec[1]] * math.prod(kernel[d] for d in spec[2:])
-      for value in eqn.params.values():
-        for sub in value if isinstance(value, (list, tuple)) else (value,):
-          inner = getattr(sub, "jaxpr", sub)
-          if hasattr(inner, "eqns"):
-            total += walk(inner) * (eqn.params.get("length", 1) if name == "scan" else 1)
-    return total
-
-  return walk(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def _render_parts(nets, feature, kp_s, kp_d):
@@ -210,7 +383,7 @@ def bench_render(renderer: str, batch_sizes: list[int], steps: int, parts: bool 
     images = {}
     for name, r in renderers.items():
       key = f"{name}_b{batch}"
-      compile_s, times = _time(r.warp_decode, (feature, kp_s, kp_d), steps)
+      compile_s, times, _ = timed(r.warp_decode, (feature, kp_s, kp_d), steps)
       images[name] = np.asarray(r.warp_decode(feature, kp_s, kp_d), np.float32)
       median = statistics.median(times)
       result[f"{key}_wg_ms_per_frame"] = 1e3 * median / batch
@@ -220,30 +393,32 @@ def bench_render(renderer: str, batch_sizes: list[int], steps: int, parts: bool 
       nets = r.networks
       w, w_state = jit_module(nets.warping_module, lambda m, f, a, b: m(f, a, b)["out"])
       g, g_state = jit_module(nets.spade_generator, lambda m, x: m(x))
-      _, w_times = _time(w, (w_state, feature, kp_s, kp_d), steps)
-      _, g_times = _time(g, (g_state, w(w_state, feature, kp_s, kp_d)), steps)
+      _, w_times, _ = timed(w, (w_state, feature, kp_s, kp_d), steps)
+      _, g_times, _ = timed(g, (g_state, w(w_state, feature, kp_s, kp_d)), steps)
       result[f"{key}_w_ms_per_frame"] = 1e3 * statistics.median(w_times) / batch
       result[f"{key}_g_ms_per_frame"] = 1e3 * statistics.median(g_times) / batch
       if parts and name == "bf16":
         for part, (module, fn, args) in _render_parts(nets, feature, kp_s, kp_d).items():
           run, state = jit_module(module, fn)
-          _, part_times = _time(run, (state, *args), steps)
+          _, part_times, _ = timed(run, (state, *args), steps)
           result[f"{key}_{part}_ms_per_frame"] = 1e3 * statistics.median(part_times) / batch
     result[f"b{batch}_wg_gflop_per_frame"] = flops / batch / 1e9
     mse = float(np.mean((images["bf16"] - images["fp32"]) ** 2))
     result[f"b{batch}_bf16_psnr_db"] = float(10 * np.log10(1.0 / max(mse, 1e-20)))
     result[f"b{batch}_fp32_image_std"] = float(images["fp32"].std())
   result["image_size"] = int(images["fp32"].shape[1])
-  stats = jax.local_devices()[0].memory_stats() or {}
-  result["peak_memory_gib"] = stats.get("peak_bytes_in_use", float("nan")) / 2**30
+  result["peak_memory_gib"] = peak_memory_gib()
   return result
 
 
-def bench_audio(weights: str, seconds: float, dtype: str) -> dict:
+def bench_audio(weights: str, seconds: float, dtype: str, repeats: int = 3) -> dict:
+  """wav2vec2 encoding of `seconds` of random audio: a compiling first call, then `repeats` timed full calls."""
+  import dataclasses
+
+  import jax
   from playmate_jax.audio import wav2vec2
   from playmate_jax.configlib import load_config
   audio = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "stage1.py")).audio
-  import dataclasses
   settings = dataclasses.asdict(wav2vec2.FeatureSettings.from_config(audio))
   settings["dtype"] = dtype
   if weights == "random":
@@ -251,47 +426,134 @@ def bench_audio(weights: str, seconds: float, dtype: str) -> dict:
   else:
     from playmate_jax.convert.wav2vec2 import load_encoder
     encoder = load_encoder(weights, **settings)
-  result = wav2vec2.throughput(encoder, seconds)
-  result["peak_device_gib"] = (result.pop("peak_device_bytes") or float("nan")) / 2**30
-  return result
+  rng = np.random.default_rng(0)
+  wave = (0.1 * rng.standard_normal(int(seconds * encoder.settings.sample_rate))).astype(np.float32)
+  first_s, times, feats = timed(encoder.encode, (wave,), repeats, warmup=0)
+  wall = statistics.median(times)
+  return {"device": jax.devices()[0].device_kind, "audio_seconds": seconds, "rows": int(feats.shape[0]),
+          "feature_dim": int(feats.shape[1]), "dtype": encoder.settings.dtype, "encoder": encoder.name,
+          "first_call_s": first_s, "wall_s": wall, "wall_s_min": min(times), "wall_s_max": max(times),
+          "repeats": repeats, "realtime_factor": seconds / wall, "traces": dict(encoder.trace_counts),
+          "finite": bool(np.isfinite(feats).all()), "peak_device_gib": peak_memory_gib()}
+
+
+# --- the table -------------------------------------------------------------------------------------------------------
+
+# (how a figure's name ends, with any _median/_min/_max/_iqr dropped; its unit), first match wins.
+UNITS = (("ms_per_frame", "ms/frame"), ("gflop_per_frame", "GFLOP/frame"), ("tflops_per_s", "TFLOP/s"),
+         ("samples_per_s_per_device", "samples/s/device"), ("samples_per_s", "samples/s"), ("steps_per_s", "steps/s"),
+         ("batches_per_s", "batches/s"), ("frames_per_s", "frames/s"), ("flops_per_step", "FLOP/step"),
+         ("flops_per_step_per_device", "FLOP/step/device"),
+         ("flops_per_window", "FLOP/window"), ("peak_tflops_measured", "TFLOP/s"), ("realtime_factor", "x real time"),
+         ("loader_headroom", "x step rate"), ("mfu", "of peak"), ("_gib", "GiB"), ("_db", "dB"), ("_ms", "ms"),
+         ("_seconds", "s"), ("_s", "s"))
+
+
+def unit(name: str) -> str:
+  base = name.rsplit(".", 1)[-1]
+  for stat in ("_median", "_min", "_max", "_iqr"):
+    base = base.removesuffix(stat)
+  return next((u for end, u in UNITS if base.endswith(end)), "")
+
+
+def value_text(v) -> str:
+  if v is None:
+    return "n/a"
+  if isinstance(v, float):
+    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}" if v and abs(v) < 1e-2 else f"{v:,.3f}"
+  return str(v)
+
+
+def print_table(figures: dict) -> None:
+  """One figure per line: name, value, unit (nested dicts as `part.name`)."""
+  flat = {f"{part}.{k}": v for part, sub in figures.items() for k, v in sub.items()} \
+      if all(isinstance(v, dict) for v in figures.values()) else figures
+  width = max(map(len, flat))
+  for k, v in flat.items():
+    print(f"{k:<{width}}  {value_text(v):>14}  {unit(k) if v is not None else ''}".rstrip())
+
+
+# --- command line ----------------------------------------------------------------------------------------------------
+
+def print_top_ops(folder: str, n: int = 25) -> None:
+  """The device ops that took the most time in each trace written under `folder` (also to DIR/PART/top_ops.txt)."""
+  from playmate_jax import profiling
+  for part in ("train", "sample"):
+    trace_dir = os.path.join(folder, part)
+    if not os.path.isdir(trace_dir):
+      continue
+    lines = [str(row) for row in profiling.top_ops(trace_dir, n)]
+    lines += ["-- by kernel:"] + [str(row) for row in profiling.top_ops(trace_dir, n, line="kernels")]
+    with open(os.path.join(trace_dir, "top_ops.txt"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+    print(f"\n{part}: the {n} ops with the most device time in the trace ({trace_dir})")
+    print("\n".join(lines))
 
 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("what", choices=["train", "render", "audio"])
-  parser.add_argument("--config", default=None, help="the config (train)")
-  parser.add_argument("--renderer", default="random",
+  parser.add_argument("what", choices=[*PARTS, "all"])
+  parser.add_argument("--config", default=None, help="the config (train, sample, data, all)")
+  parser.add_argument("--renderer", default=None,
                       help="converted LivePortrait weights, random (released sizes) or random:tiny (render)")
-  parser.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (render)")
+  parser.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes (render; default 1,32)")
   parser.add_argument("--parts", action="store_true", help="also time W's and G's stages in bf16 (render)")
   parser.add_argument("--weights", default="random", help="converted wav2vec2/HuBERT weights, or random (audio)")
-  parser.add_argument("--seconds", type=float, default=3600.0, help="length of audio to encode (audio)")
-  parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute (audio)")
-  parser.add_argument("--steps", type=int, default=30)
+  parser.add_argument("--seconds", type=float, default=None,
+                      help="length of audio to sample (sample; default 60) or encode (audio; default 3600)")
+  parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
+                      help="compute (audio; default bfloat16)")
+  parser.add_argument("--steps", type=int, default=None, help="timed steps (train, render; default 30)")
+  parser.add_argument("--repeats", type=int, default=3, help="timed full calls (sample, audio)")
+  parser.add_argument("--loader-batches", type=int, default=50, help="timed batches (data, train)")
+  parser.add_argument("--peak-size", type=int, default=None, help="size of the peak matmul (train)")
+  parser.add_argument("--profile", default=None, help="write a jax.profiler trace here (train, sample)")
   parser.add_argument("--json", default=None, help="also write the figures to this file")
+  parser.add_argument("--compile-cache", action="store_true",
+                      help="use JAX's persistent compilation cache (off by default, so that compile times are "
+                           "real; with it, a program already in the cache reports the time to load it)")
   args, overrides = parser.parse_known_args(argv)
   cli.setup_logging("WARNING")
 
   def run():
     from playmate_jax import configlib
-    from playmate_jax.errors import UserError
-    if args.what == "render":
-      result = bench_render(args.renderer, [int(b) for b in args.batch_sizes.split(",")], args.steps, args.parts)
-    elif args.what == "audio":
-      result = bench_audio(args.weights, args.seconds, args.dtype)
-    else:
+    config = None
+    if args.what in ("train", "sample", "data", "all"):
       if not args.config:
         raise UserError(f"`benchmark.py {args.what}` needs --config=configs/stage1.py (or another config).")
       config = configlib.apply_overrides(configlib.load_config(args.config), configlib.parse_overrides(overrides))
-      result = bench_train(config, args.steps)
-    width = max(map(len, result))
-    for k, v in result.items():
-      print(f"{k:<{width}}  {v:,.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    tiny = args.what == "all" and config.get("variant") == "tiny"
+    pick = lambda given, quick, default: given if given is not None else quick if tiny else default
+    parts = PARTS if args.what == "all" else (args.what,)
+    figures = {}
+    loader = None
+    if args.what == "data":  # without a dataset: a UserError, one sentence
+      figures["data"] = bench_loader(config, args.loader_batches)
+    elif "train" in parts:  # without a dataset: loader skipped, the step still timed on random batches
+      loader = figures["data"] = try_loader(config, args.loader_batches)
+    if "train" in parts:
+      peak = measure_peak(args.peak_size)
+      figures["train"] = bench_train(config, pick(args.steps, 30, 30), peak, loader,
+                                     args.profile and os.path.join(args.profile, "train"))
+    if "sample" in parts:
+      figures["sample"] = bench_sample(config, pick(args.seconds, 4.0, 60.0), args.repeats,
+                                       args.profile and os.path.join(args.profile, "sample"))
+    if "render" in parts:
+      batch_sizes = [int(b) for b in pick(args.batch_sizes, "2", "1,32").split(",")]
+      figures["render"] = bench_render(pick(args.renderer, "random:tiny", "random"), batch_sizes,
+                                       pick(args.steps, 3, 30), args.parts)
+    if "audio" in parts:
+      dtype = pick(args.dtype, "float32", "bfloat16")
+      figures["audio"] = bench_audio(args.weights, pick(args.seconds, 2.0, 3600.0), dtype, args.repeats)
+    figures = {part: figures[part] for part in PARTS} if args.what == "all" else figures[args.what]
+    print_table(figures)
     if args.json:
       with open(args.json, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(figures, f, indent=2)
+    if args.profile:
+      print_top_ops(args.profile)
 
-  return cli.run(run)
+  return cli.run(run, compile_cache=args.compile_cache)
 
 
 if __name__ == "__main__":
