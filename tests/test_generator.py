@@ -382,3 +382,18 @@ def test_ddim_clip_bounds_a_poor_eps_model():
   tame = ddim_sample(bad_eps, d, x_T, jax.random.key(1), timesteps, 0.0, clip_x0=3.0)
   assert np.abs(wild).max() > 30.0
   assert np.abs(tame).max() <= 3.0 + 1e-5
+
+
+@pytest.mark.parametrize("taps", [1, 3, 4, 7])
+def test_depthwise_conv_by_taps_equals_grouped_conv(taps):
+  """The Conformer's depthwise temporal conv, as shifted multiply-adds, computes nnx.Conv's grouped "SAME" conv
+  with the same parameters (so checkpoints keep their layout), in float32 and in bfloat16."""
+  from playmate_jax.generator.dit import depthwise_conv1d
+  conv = nnx.Conv(16, 16, (taps,), padding="SAME", feature_group_count=16, rngs=nnx.Rngs(taps))
+  conv.bias.value = jax.random.normal(jax.random.key(9), (16,))
+  x = jax.random.normal(jax.random.key(1), (2, 11, 16))
+  np.testing.assert_allclose(depthwise_conv1d(x, conv.kernel[...], conv.bias[...]), conv(x), atol=1e-6)
+  bf16 = nnx.Conv(16, 16, (taps,), padding="SAME", feature_group_count=16, dtype=jnp.bfloat16, rngs=nnx.Rngs(taps))
+  got = depthwise_conv1d(x.astype(jnp.bfloat16), bf16.kernel[...], bf16.bias[...])
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(got.astype(jnp.float32), bf16(x).astype(jnp.float32), atol=0.05)

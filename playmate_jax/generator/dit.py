@@ -91,8 +91,26 @@ class ConvModule(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jax.nn.glu(self.pw_in(x), axis=-1)
-    x = self.norm(self.depthwise(x).astype(jnp.float32))
+    x = self.norm(depthwise_conv1d(x, self.depthwise.kernel[...], self.depthwise.bias[...]).astype(jnp.float32))
     return self.pw_out(jax.nn.silu(x).astype(self.dtype))
+
+
+def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """nnx.Conv(dim, dim, (k,), padding="SAME", feature_group_count=dim) on x [B, N, dim] with its kernel [k, 1, dim]
+  and bias [dim], computed as k shifted multiply-adds in x's dtype.
+
+  XLA fuses the taps into one elementwise kernel, forward and backward. On an H200 the cuDNN grouped convolution
+  it replaces took a quarter of the paper-scale train step (13 ms of 59 ms, with its layout transposes and weight
+  gradient 18 ms; `benchmark.py train --profile`).
+  """
+  taps, n = kernel.shape[0], x.shape[1]
+  left = (taps - 1) // 2                                   # "SAME": the extra pad of an even kernel goes right
+  padded = jnp.pad(x, ((0, 0), (left, taps - 1 - left), (0, 0)))
+  w = kernel[:, 0].astype(x.dtype)
+  out = padded[:, 0:n] * w[0]
+  for i in range(1, taps):
+    out = out + padded[:, i:i + n] * w[i]
+  return out + bias.astype(x.dtype)
 
 
 class FeedForward(nnx.Module):
