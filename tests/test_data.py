@@ -66,7 +66,12 @@ def test_round_trip_schema(small):
   path = builder.version_dir(root)
   b = tfds.builder_from_directory(path)
   assert b.info.metadata["audio_encoder"] == "fake5" and b.info.metadata["feature_dim"] == 5
-  assert len([f for f in os.listdir(path) if "train.array_record" in f]) == 2
+  shards = [f for f in os.listdir(path) if "train.array_record" in f]
+  assert len(shards) == 2
+  from array_record.python import array_record_module
+  for shard in shards:  # stored uncompressed (fast random reads), no leftover temporary files
+    assert "uncompressed" in array_record_module.ArrayRecordReader(os.path.join(path, shard)).writer_options_string()
+  assert not [f for f in os.listdir(path) if f.endswith(".rewrite")]
   for split, examples in splits.items():
     src = b.as_data_source(split=split)
     assert len(src) == len(examples)

@@ -4,10 +4,11 @@ TFDS 4.9 writes and reads Tensor features (dynamic shapes included), scalars, te
 only; `file_format='array_record'` gives random-access shards that `tfds.data_source` / Grain read.
 Layout: DATA_DIR/playmate_clips/1.0.0/ holds the shards, dataset_info.json, features.json,
 metadata.json (audio encoder), and this project's stats.json and clips.json (written in the same
-atomic step as the shards, see `write_dataset`).
+atomic step as the shards, see `write_dataset`). The shards are stored uncompressed (`SHARD_OPTIONS`).
 """
 
 from collections.abc import Iterable, Iterator, Mapping
+import glob
 import json
 import os
 import tempfile
@@ -24,6 +25,10 @@ NAME = "playmate_clips"
 VERSION = "1.0.0"
 CLIPS_FILE = "clips.json"
 MOTION_KEYS = ("exp", "pitch", "yaw", "roll", "t", "scale", "kp")
+# TFDS writes ArrayRecord with the library's default zstd:3. The clips (int16 speech, float features) shrink by
+# about 10% with it, and decompressing a 0.5 MB clip took 0.50 ms against 0.13 ms uncompressed, most of the input
+# pipeline's time per training window: the shards are rewritten uncompressed (same records, same order).
+SHARD_OPTIONS = "group_size:1,uncompressed"
 
 
 def features(feature_dim: int) -> tfds.features.FeaturesDict:
@@ -122,9 +127,26 @@ class PlaymateClips(tfds.core.GeneratorBasedBuilder):
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
     # self.data_dir is still the incomplete folder here: these files appear with the shards, atomically.
+    for shard in glob.glob(os.path.join(self.data_dir, f"{NAME}-*.array_record-*")):
+      _rewrite_shard(shard, SHARD_OPTIONS)
     stats_lib.save_stats(self._acc.finalize(), os.path.join(self.data_dir, stats_lib.STATS_FILE))
     with open(os.path.join(self.data_dir, CLIPS_FILE), "w") as f:
       json.dump(self._clips, f)
+
+
+def _rewrite_shard(path: str, options: str, chunk: int = 64) -> None:
+  """Rewrites one ArrayRecord shard with writer `options` (records and order unchanged), `chunk` records at a time."""
+  from array_record.python import array_record_module
+  reader = array_record_module.ArrayRecordReader(path)
+  tmp = path + ".rewrite"
+  writer = array_record_module.ArrayRecordWriter(tmp, options)
+  n = reader.num_records()
+  for start in range(0, n, chunk):
+    for record in reader.read(list(range(start, min(start + chunk, n)))):
+      writer.write(record)
+  writer.close()
+  reader.close()
+  os.replace(tmp, path)
 
 
 def version_dir(data_dir: str | os.PathLike) -> str:
