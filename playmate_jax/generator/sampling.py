@@ -102,7 +102,7 @@ def compute_dtype_weights(model: nnx.Module) -> nnx.Module:
   the same; cast here, before the DDIM loop, they are cast once per call instead of at every step (XLA left those
   casts inside the loop: about a sixth of the paper-scale sampling time on an H200, `benchmark.py sample --profile`).
   """
-  for _, module in model.iter_modules():
+  for _, module in nnx.iter_modules(model):
     if isinstance(module, (nnx.Linear, nnx.Conv)) and module.dtype is not None:
       for name in ("kernel", "bias"):
         param = getattr(module, name, None)
