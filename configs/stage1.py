@@ -31,8 +31,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.prev_frames = 10             # K: previous frames of motion conditioning each window
   c.data.audio_context = 2            # audio frames of context on each side of the window
   c.data.batch_size = 256             # global batch, over all processes and devices
-  c.data.worker_count = 4             # Grain worker processes per host (0: in the main process)
+  c.data.worker_count = 8             # Grain worker processes per host (0: in the main process)
   c.data.worker_buffer_size = 2
+  c.data.read_threads = 4             # threads reading and windowing clips in each worker (Grain ReadOptions)
+  c.data.read_buffer = 64             # clips prefetched by those threads
   c.data.shuffle_seed = 0
 
   # Audio features: the encoder that produced the dataset's `audio/features`.

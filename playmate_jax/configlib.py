@@ -100,6 +100,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
        f"config.data.batch_size={d.batch_size} must be a positive multiple of the {num_devices} devices in use.")
   need(d.batch_size % process_count == 0,
        f"config.data.batch_size={d.batch_size} must be divisible by the {process_count} processes in use.")
+  need(d.worker_count >= 0 and d.read_threads >= 0 and d.read_buffer >= 0,
+       "config.data.worker_count, data.read_threads and data.read_buffer must be >= 0 (0: none).")
   need(m.dim % m.num_heads == 0, f"config.model.dim={m.dim} must be divisible by model.num_heads={m.num_heads}.")
   need(m.conv_kernel % 2 == 1, f"config.model.conv_kernel={m.conv_kernel} must be odd.")
   need(m.dtype in DTYPES, f"config.model.dtype is {m.dtype!r}; use one of {', '.join(DTYPES)}.")
@@ -108,6 +110,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
        f"config.diffusion.schedule is {config.diffusion.schedule!r}; use 'cosine' or 'linear'.")
   need(0 < config.sample.ddim_steps <= config.diffusion.num_timesteps,
        "config.sample.ddim_steps must be between 1 and diffusion.num_timesteps.")
+  need(config.sample.windows_per_call >= 1, "config.sample.windows_per_call must be at least 1.")
   need(config.optim.lr > 0 and 0.0 <= config.optim.ema_decay < 1.0,
        "config.optim.lr must be positive and optim.ema_decay in [0, 1).")
   t = config.train

@@ -23,7 +23,8 @@ from flax import nnx
 
 from configs.stage2 import get_config as stage2_config
 from playmate_jax import configlib, motion
-from playmate_jax.data import demo
+from playmate_jax.data import demo, pipeline
+from playmate_jax.data import stats as stats_lib
 from playmate_jax.errors import UserError
 from playmate_jax.generator import (EMOTION_PARAMS, NULL_EMOTION, Diffusion, MotionDiT, count_params, guided_eps,
                                     training_loss)
@@ -128,6 +129,89 @@ def test_training_loss_drops_emotion_to_null():
   labelled, unknown = (dict(batch, emotion=jnp.array(e, jnp.int32)) for e in ([0, 3, 4, 7], [-1] * 4))
   assert float(loss(params, labelled, 0.0)) != float(loss(params, unknown, 0.0))   # the label is used
   assert float(loss(params, labelled, 1.0)) == float(loss(params, unknown, 0.0))   # dropped = unknown = null
+
+
+# ---------------------------------------------------------------- the source: the speaker's reference expression
+
+def test_reference_expression_is_the_speakers_neutral_mean(tmp_path):
+  rng = np.random.default_rng(0)
+  clip = lambda n, level: dict(exp=np.full((n, 21, 3), level, np.float32) + 0.01 * rng.normal(size=(n, 21, 3)),
+                               pitch=np.zeros(n), yaw=np.zeros(n), roll=np.zeros(n), t=np.zeros((n, 3)),
+                               scale=np.ones(n), kp=np.zeros((n, 21, 3)))
+  clips = [("a", clip(30, 1.0), 5), ("a", clip(10, 3.0), 0), ("b", clip(20, 2.0), -1), ("b", clip(20, 4.0), 4)]
+  labelled, unlabelled = stats_lib.StatsAccumulator(), stats_lib.StatsAccumulator()
+  for speaker, motion_, emotion in clips:
+    labelled.add(speaker, motion_, np.zeros((len(motion_["exp"]), 2)), emotion)
+    unlabelled.add(speaker, motion_, np.zeros((len(motion_["exp"]), 2)))
+  st = labelled.finalize()
+  mean = lambda *ms: np.concatenate([m["exp"].reshape(-1, 63) for m in ms]).mean(0)
+  np.testing.assert_allclose(st.reference_expression("a"), mean(clips[0][1]), rtol=1e-5)   # its neutral clip
+  np.testing.assert_allclose(st.reference_expression("b"), mean(clips[2][1], clips[3][1]), rtol=1e-5)  # none
+  np.testing.assert_allclose(unlabelled.finalize().reference_expression("a"), mean(clips[0][1], clips[1][1]),
+                             rtol=1e-5)                                                   # no labels given
+  np.testing.assert_allclose(st.reference_expression("unseen"), (st.exp_reference["a"] + st.exp_reference["b"]) / 2,
+                             rtol=1e-5)
+  stats_lib.save_stats(st, tmp_path / "stats.json")
+  again = stats_lib.load_stats(tmp_path / "stats.json")
+  np.testing.assert_array_equal(again.exp_reference["a"], st.exp_reference["a"])
+  record = json.load(open(tmp_path / "stats.json"))
+  del record["exp_reference"]                                  # statistics written before references existed
+  json.dump(record, open(tmp_path / "old.json", "w"))
+  np.testing.assert_array_equal(stats_lib.load_stats(tmp_path / "old.json").reference_expression("a"), st.exp_mean)
+
+
+@pytest.fixture(scope="module")
+def demo_records():
+  ds = pipeline.open_dataset(CFG, "train")
+  return ds, [ds.source("train")[i] for i in range(12)]
+
+
+def test_training_windows_take_the_reference_and_start_like_the_sampler(demo_records):
+  ds, records = demo_records
+  assert (CFG.data.source_expression, CFG.data.start_prob) == ("reference", 0.0)
+  windows = lambda mode, p: pipeline.RandomWindow(ds.stats, L, K, C, mode, p)
+  rng = np.random.default_rng(0)
+  starts = 0
+  for ex in records * 4:
+    speaker = ex["speaker_id"].decode()
+    raw = stats_lib.motion_vector({k: ex["motion"][k] for k in ("exp", "pitch", "yaw", "roll", "t", "scale")})
+    norm = ds.stats.normalize_motion(raw, speaker)
+    w = windows("reference", 0.5).random_map(ex, rng)
+    reference = ds.stats.normalize_motion(np.concatenate([ds.stats.reference_expression(speaker), raw[0, 63:]]),
+                                          speaker)[:63]
+    np.testing.assert_allclose(w["identity"][:63], reference, atol=1e-5)    # the expression: the speaker's
+    src = int(np.argmin(np.abs(norm[:, 63:] - w["identity"][63:69]).sum(-1)))
+    np.testing.assert_allclose(w["identity"][63:69], norm[src, 63:], atol=1e-5)   # the pose: a frame of the clip
+    start = int(np.argmin(np.abs(norm[:len(norm) - L + 1] - w["motion"][0]).sum(-1)))
+    np.testing.assert_allclose(w["motion"], norm[start:start + L], atol=1e-5)
+    as_start = np.allclose(w["prev_motion"], w["identity"][None, :69], atol=1e-6)
+    if not as_start:   # the previous motion is the clip's frames before the window (the source before its start)
+      want = np.stack([norm[f] if f >= 0 else w["identity"][:69] for f in range(start - K, start)])
+      np.testing.assert_allclose(w["prev_motion"], want, atol=1e-5)
+    starts += as_start
+  assert 0.3 < starts / (4 * len(records)) < 0.75         # start_prob 0.5 (plus the windows at a clip's start)
+  # Stage 1's settings: the source frame's own expression, no extra starts.
+  ex = records[0]
+  w = windows("clip", 0.0).random_map(ex, np.random.default_rng(1))
+  raw = stats_lib.motion_vector({k: ex["motion"][k] for k in ("exp", "pitch", "yaw", "roll", "t", "scale")})
+  norm = ds.stats.normalize_motion(raw, ex["speaker_id"].decode())
+  assert np.abs(norm - w["identity"][:69]).sum(-1).min() < 1e-4
+
+
+def test_eval_clips_and_settings_follow_the_config(demo_records):
+  ds, _ = demo_records
+  clip = pipeline.load_eval_clips(CFG, "test", 1, 30)[0]
+  raw = motion.denormalize_motion(clip["identity"][:69], clip["stats"])
+  np.testing.assert_allclose(raw[:63], ds.stats.reference_expression(clip["speaker_id"]), atol=1e-6)
+  np.testing.assert_allclose(clip["identity"][63:69], clip["motion"][0, 63:], atol=1e-6)
+  stage1 = configlib.load_config(STAGE1)
+  assert pipeline.source_settings(stage1) == ("clip", 0.0)
+  np.testing.assert_allclose(pipeline.load_eval_clips(stage1, "test", 1, 30)[0]["identity"][:69], clip["motion"][0],
+                             atol=1e-6)
+  for key, value, message in (("data.source_expression", "mean", "source_expression='mean'"),
+                              ("data.start_prob", "1.5", "start_prob=1.5")):
+    with pytest.raises(UserError, match=message):
+      pipeline.source_settings(tiny(STAGE2, **{key: value}))
 
 
 # ---------------------------------------------------------------- training

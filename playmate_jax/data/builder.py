@@ -121,7 +121,7 @@ class PlaymateClips(tfds.core.GeneratorBasedBuilder):
       index.append(dict(clip_id=ex["clip_id"], speaker_id=ex["speaker_id"], num_frames=ex["num_frames"],
                         emotion=ex["emotion"]))
       if split == self._stats_split:
-        self._acc.add(ex["speaker_id"], ex["motion"], ex["audio"]["features"])
+        self._acc.add(ex["speaker_id"], ex["motion"], ex["audio"]["features"], ex["emotion"])
       yield i, ex
 
   def _download_and_prepare(self, dl_manager, download_config) -> None:

@@ -5,8 +5,11 @@ keypoints kp, an expression bias and a pose style. Per clip (4-12 s): phrases of
 pauses; each syllable is a sin^2 amplitude bump; fricative noise bursts lead some syllables; a faint noise
 floor throughout. The rule: mouth_opening(exp) at frame i = MOUTH_GAIN * (mean syllable envelope over the
 samples of frame i), exactly, with no lag; the other expression coordinates are speaker bias + emotion
-offset + slow noise; head pose is a smooth per-speaker random walk. Deterministic from the seed; no
-downloads; built in a temporary folder and renamed into place, so concurrent callers are safe.
+offset + slow noise; head pose is a smooth per-speaker random walk. Every speaker has every emotion equally
+often (clip i of speaker s: emotion (i + s) mod 8), and the emotion offsets are centred on neutral's (zero),
+so a speaker's average expression is its neutral one, as the statistics' reference expression assumes.
+Deterministic from the seed; no downloads; built in a temporary folder and renamed into place, so concurrent
+callers are safe.
 """
 
 import contextlib
@@ -34,6 +37,11 @@ MOUTH_GAIN = 0.08           # mouth opening (keypoint units) of a syllable at fu
 VOICE_LEVEL = 0.25          # waveform amplitude of the voiced carrier at envelope 1
 NOISE_LEVEL = 0.002         # noise floor
 EMOTIONS = 8
+# Expression spread (keypoint units, per coordinate): between speakers, and between emotions. Speakers differ more
+# than emotions, so that in normalized units an emotion's offset is small enough that the noisiest diffusion steps
+# cannot read it from the noisy motion: there the label has to set it.
+SPEAKER_EXP_STD = 0.03
+EMOTION_EXP_STD = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +49,7 @@ class DemoSpec:
   """Size and seed of the demo dataset."""
   seed: int = 0
   num_speakers: int = 8
-  train_clips_per_speaker: int = 20
+  train_clips_per_speaker: int = 48     # a multiple of the 8 emotions: each speaker has each equally often
   test_clips_per_speaker: int = 3
   min_seconds: float = 4.0
   max_seconds: float = 12.0
@@ -65,7 +73,7 @@ def _speakers(spec: DemoSpec) -> list[dict]:
     rng = np.random.default_rng([spec.seed, 1, s])
     out.append(dict(
         id=f"spk{s:02d}", f0=rng.uniform(95.0, 230.0), formants=rng.uniform([550, 1100], [850, 1900]),
-        kp=rng.normal(0.0, 0.15, (NUM_KP, 3)), exp_bias=rng.normal(0.0, 0.01, EXP_DIM),
+        kp=rng.normal(0.0, 0.15, (NUM_KP, 3)), exp_bias=rng.normal(0.0, SPEAKER_EXP_STD, EXP_DIM),
         pose_mean=np.concatenate([rng.normal(0, [3.0, 5.0, 2.0]), rng.normal(0, 0.02, 2), [rng.uniform(1.3, 1.7)]]),
         pose_std=np.array([3.0, 4.0, 2.0, 0.01, 0.01, 0.01]) * rng.uniform(0.5, 1.5),
         color=rng.integers(40, 220, 3), skin=rng.integers(120, 230, 3)))
@@ -73,8 +81,10 @@ def _speakers(spec: DemoSpec) -> list[dict]:
 
 
 def emotion_offsets(seed: int) -> np.ndarray:
-  """Expression offset [8, 63] per emotion (MEAD order); neutral (5) is zero."""
-  off = np.random.default_rng([seed, 2]).normal(0.0, 0.01, (EMOTIONS, EXP_DIM))
+  """Expression offset [8, 63] per emotion (MEAD order); neutral (5) is zero, and the mean of all eight."""
+  off = np.random.default_rng([seed, 2]).normal(0.0, EMOTION_EXP_STD, (EMOTIONS, EXP_DIM))
+  others = np.arange(EMOTIONS) != 5
+  off[others] -= off[others].mean(axis=0)
   off[5] = 0.0
   return off
 
@@ -141,7 +151,7 @@ def make_clip(spec: DemoSpec, split: str, speaker: int, index: int, encoder, spe
   wave = np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
   features = encoder.encode(wave.astype(np.float32) / 32768.0)
 
-  true_emotion = int(rng.integers(EMOTIONS))
+  true_emotion = (index + speaker) % EMOTIONS
   label = -1 if rng.random() < spec.unknown_emotion_prob else true_emotion
   env_frames = env.reshape(frames, HOP).mean(axis=1)
   opening = MOUTH_GAIN * env_frames
@@ -170,7 +180,7 @@ def demo_examples(spec: DemoSpec, split: str, encoder):
 
 
 # Bump when the generated data or its statistics change, so that stale caches are not reused.
-DEMO_VERSION = 2
+DEMO_VERSION = 6
 
 
 def demo_data_dir(config: ml_collections.ConfigDict) -> str:

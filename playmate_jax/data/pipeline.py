@@ -6,6 +6,13 @@ shuffled anew each epoch, repeated forever; each element is one random window of
 has no padding mask); `load_dataset_info` reports how many. Deterministic from config.data.shuffle_seed
 for a given process_count; the iterator's get_state()/set_state() (JSON-serialisable dicts) resume exactly,
 and grain.checkpoint.CheckpointSave/CheckpointRestore save it with Orbax.
+
+The source (the identity condition's motion, and the previous motion before a clip's start) is one frame of the
+clip: its pose always, and its expression too with config.data.source_expression = "clip" (stage 1's setting).
+With "reference" (stage 2's) the expression is the speaker's reference expression from the dataset statistics
+(a neutral one where labels exist), so that the source does not carry the clip's emotion, as a user's neutral
+portrait does not carry the requested one. With probability config.data.start_prob a training window is treated
+as a sequence start: its previous motion is the source repeated, as the sampler gives the first window.
 """
 
 from collections.abc import Sequence
@@ -24,7 +31,9 @@ from playmate_jax.audio import get_encoder
 from playmate_jax.data import builder, demo
 from playmate_jax.data import stats as stats_lib
 from playmate_jax.errors import UserError
-from playmate_jax.motion import IDENTITY_DIM, MOTION_DIM
+from playmate_jax.motion import EXP_DIM, IDENTITY_DIM, MOTION_DIM
+
+SOURCE_EXPRESSIONS = ("clip", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,24 +119,57 @@ class _Records:
     return self._source[self._indices[i]]
 
 
+def source_settings(config: ml_collections.ConfigDict) -> tuple[str, float]:
+  """(config.data.source_expression, config.data.start_prob), checked; configs without them (stage 1's, and
+  runs saved before they existed) mean ("clip", 0.0)."""
+  d = config.data
+  mode, start_prob = d.get("source_expression", "clip"), float(d.get("start_prob", 0.0))
+  if mode not in SOURCE_EXPRESSIONS:
+    raise UserError(f"config.data.source_expression={mode!r} is unknown; use 'clip' (the source frame's own "
+                    "expression) or 'reference' (the speaker's reference expression).")
+  if not 0.0 <= start_prob <= 1.0:
+    raise UserError(f"config.data.start_prob={start_prob} must be in [0, 1].")
+  return mode, start_prob
+
+
+def _motion_rows(m: dict, rows: np.ndarray) -> np.ndarray:
+  """Raw motion vectors [len(rows), 69] of the given frames of a decoded clip's motion."""
+  return stats_lib.motion_vector({k: np.asarray(m[k])[rows] for k in builder.MOTION_KEYS if k != "kp"})
+
+
+def source_vector(stats: stats_lib.DatasetStats, frame: np.ndarray, speaker: str, mode: str) -> np.ndarray:
+  """The raw source motion [69]: the frame's [69] pose, and its expression ("clip") or the speaker's reference
+  expression ("reference")."""
+  frame = np.array(frame, np.float32)
+  if mode == "reference":
+    frame[:EXP_DIM] = stats.reference_expression(speaker)
+  return frame
+
+
 @dataclasses.dataclass(frozen=True)
 class RandomWindow(grain.transforms.RandomMap):
-  """One random training window of a decoded clip (window start and source frame uniform)."""
+  """One random training window of a decoded clip (window start and source frame uniform); see the module
+  docstring for source_expression and start_prob."""
   stats: stats_lib.DatasetStats
   window: int
   prev_frames: int
   audio_context: int
+  source_expression: str = "clip"
+  start_prob: float = 0.0
 
   def random_map(self, ex: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     n, L, K, c = int(ex["num_frames"]), self.window, self.prev_frames, self.audio_context
     speaker = ex["speaker_id"].decode()
     start, src = int(rng.integers(0, n - L + 1)), int(rng.integers(0, n))
+    as_start = self.start_prob > 0 and rng.random() < self.start_prob
     m = ex["motion"]
     rows = np.arange(start - K, start + L)
-    rows = np.where(rows >= 0, rows, src)  # before the clip start: the source frame, as at inference
-    take = lambda a: np.asarray(a)[np.concatenate([rows, [src]])]
-    v = self.stats.normalize_motion(stats_lib.motion_vector({k: take(m[k]) for k in builder.MOTION_KEYS
-                                                              if k != "kp"}), speaker)
+    if as_start:
+      rows[:K] = -1
+    source = source_vector(self.stats, _motion_rows(m, np.array([src]))[0], speaker, self.source_expression)
+    v = _motion_rows(m, np.maximum(rows, 0))
+    v[rows < 0] = source  # before the clip start (or a window treated as one): the source, as at inference
+    v = self.stats.normalize_motion(np.concatenate([v, source[None]]), speaker)
     audio = np.zeros((L + 2 * c, self.stats.audio_mean.shape[0]), np.float32)
     lo, hi = max(start - c, 0), min(start + L + c, n)
     audio[lo - (start - c):hi - (start - c)] = self.stats.normalize_audio(ex["audio"]["features"][lo:hi])
@@ -168,9 +210,13 @@ def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 
                     "lower config.data.window or add clips.")
   records = _Records(ds.source(d.train_split), usable[process_index::process_count])
   seed = int(np.random.SeedSequence([d.shuffle_seed, process_index]).generate_state(1)[0])
-  sampler = RandomWindow(ds.stats, d.window, d.prev_frames, d.audio_context)
+  mode, start_prob = source_settings(config)
+  sampler = RandomWindow(ds.stats, d.window, d.prev_frames, d.audio_context, mode, start_prob)
   pipeline = grain.MapDataset.source(records).seed(seed).shuffle().repeat().random_map(sampler)
-  pipeline = pipeline.to_iter_dataset().batch(d.batch_size // process_count, drop_remainder=True)
+  # Grain's element prefetch scans its whole ready buffer on every element (grain 0.2.18): its default 500-deep
+  # buffer and 16 threads cost more than the decoding itself, so both are config settings.
+  read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_buffer)
+  pipeline = pipeline.to_iter_dataset(read).batch(d.batch_size // process_count, drop_remainder=True)
   if d.worker_count > 0:
     if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags (defaults unless an app parsed them)
       flags.FLAGS.mark_as_parsed()
@@ -184,12 +230,14 @@ def load_eval_clips(config: ml_collections.ConfigDict, split: str | None = None,
   """The first num_clips clips of the split (record order), each cut to its first max_frames frames.
 
   Each: clip_id, speaker_id, emotion, num_frames, audio [T, D] and motion [T, 69] normalized, identity [132]
-  (source = frame 0), stats (MotionStats of the speaker, for denormalize_motion), kp [21, 3] (frame 0),
-  waveform float32 [T * 640] (16 kHz) and reference_frame (JPEG bytes). Defaults from config.data/config.eval.
+  (source = frame 0, its expression as config.data.source_expression says), stats (MotionStats of the speaker,
+  for denormalize_motion), kp [21, 3] (frame 0), waveform float32 [T * 640] (16 kHz) and reference_frame (JPEG
+  bytes). Defaults from config.data/config.eval.
   """
   split = split or config.data.eval_split
   num_clips = config.eval.num_clips if num_clips is None else num_clips
   max_frames = config.eval.max_frames if max_frames is None else max_frames
+  mode, _ = source_settings(config)
   ds = open_dataset(config, split)
   source = ds.source(split)
   hop = int(config.audio.sample_rate) // int(config.audio.fps)
@@ -199,15 +247,33 @@ def load_eval_clips(config: ml_collections.ConfigDict, split: str | None = None,
     n = min(int(ex["num_frames"]), max_frames)
     speaker = ex["speaker_id"].decode()
     m = {k: np.asarray(v)[:n] for k, v in ex["motion"].items()}
-    v = ds.stats.normalize_motion(stats_lib.motion_vector(m), speaker)
+    raw = stats_lib.motion_vector(m)
+    v = ds.stats.normalize_motion(raw, speaker)
+    src = ds.stats.normalize_motion(source_vector(ds.stats, raw[0], speaker, mode), speaker)
     clips.append(dict(
         clip_id=ex["clip_id"].decode(), speaker_id=speaker, emotion=int(ex["emotion"]), num_frames=n,
         audio=ds.stats.normalize_audio(ex["audio"]["features"][:n]), motion=v,
-        identity=stats_lib.identity_vector(v[0], m["kp"][0]),
+        identity=stats_lib.identity_vector(src, m["kp"][0]),
         stats=ds.stats.motion_stats(speaker), kp=np.array(m["kp"][0], np.float32),
         waveform=ex["audio"]["waveform"][:n * hop].astype(np.float32) / 32768.0,
         reference_frame=ex["reference_frame"]))
   return clips
+
+
+def load_labelled_expressions(config: ml_collections.ConfigDict, split: str,
+                              max_clips: int | None = None) -> list[dict[str, Any]]:
+  """The split's clips with an emotion label (the first max_clips of them, record order), ground truth only:
+  clip_id, speaker_id, emotion and exp [T, 63] (raw, keypoint units)."""
+  ds = open_dataset(config, split)
+  labelled = [i for i, clip in enumerate(ds.clips[split]) if clip["emotion"] >= 0][:max_clips]
+  source = ds.source(split)
+  out = []
+  for i in labelled:
+    ex = source[i]
+    exp = np.asarray(ex["motion"]["exp"], np.float32)
+    out.append(dict(clip_id=ex["clip_id"].decode(), speaker_id=ex["speaker_id"].decode(),
+                    emotion=int(ex["emotion"]), exp=exp.reshape(len(exp), EXP_DIM)))
+  return out
 
 
 def load_stats(config: ml_collections.ConfigDict) -> stats_lib.DatasetStats:

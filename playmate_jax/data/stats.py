@@ -4,6 +4,12 @@ Expression: global mean/std over all frames (63). Pose (pitch, yaw, roll, tx, ty
 speaker, Playmate's adaptive per-identity normalization; an unseen speaker gets the median over speakers
 of the means and of the standard deviations. Audio features: global per-dimension mean/std.
 Standard deviations are stored floored at `playmate_jax.motion.STD_FLOOR`.
+
+Reference expression per speaker (63): the mean expression of the speaker's frames in clips labelled neutral,
+or of all the speaker's frames where none is labelled neutral (or no labels are given to `add`). It stands in for the
+source portrait's expression during training (config.data.source_expression = "reference"), because a user's
+portrait is usually neutral while a training clip's own frames carry the clip's emotion. An unseen speaker
+gets the mean over speakers.
 """
 
 from collections.abc import Mapping
@@ -14,9 +20,10 @@ import os
 import numpy as np
 
 from playmate_jax.errors import UserError
-from playmate_jax.motion import EXP_DIM, MOTION_DIM, STD_FLOOR, MotionStats
+from playmate_jax.motion import EMOTIONS, EXP_DIM, MOTION_DIM, STD_FLOOR, MotionStats
 
 STATS_FILE = "stats.json"
+NEUTRAL = EMOTIONS.index("neutral")
 
 
 def motion_vector(motion: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -67,6 +74,16 @@ class DatasetStats:
   audio_std: np.ndarray                # [D]
   kp_mean: np.ndarray                  # [63] mean canonical keypoints: a neutral identity for sampling
   num_frames: int
+  exp_reference: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)   # speaker_id -> [63]
+
+  def reference_expression(self, speaker_id: str | None) -> np.ndarray:
+    """The speaker's reference expression [63] (see the module docstring); for an unseen speaker the mean over
+    speakers, and the global mean for statistics written before references existed."""
+    if speaker_id in self.exp_reference:
+      return self.exp_reference[speaker_id]
+    if self.exp_reference:
+      return np.mean(np.stack(list(self.exp_reference.values())), axis=0).astype(np.float32)
+    return self.exp_mean
 
   def pose(self, speaker_id: str | None) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) [6] of the speaker's pose, or the defaults for an unseen (or None) speaker."""
@@ -102,11 +119,17 @@ class StatsAccumulator:
 
   def __init__(self):
     self._exp, self._audio, self._kp, self._pose = _Moments(), _Moments(), _Moments(), {}
+    self._exp_speaker, self._exp_neutral = {}, {}
 
-  def add(self, speaker_id: str, motion: Mapping[str, np.ndarray], features: np.ndarray) -> None:
+  def add(self, speaker_id: str, motion: Mapping[str, np.ndarray], features: np.ndarray,
+          emotion: int | None = None) -> None:
+    """One clip; `emotion` (its label, -1 unknown) lets the speaker's reference use its neutral clips only."""
     v = motion_vector(motion)
     self._exp.add(v[:, :EXP_DIM])
     self._pose.setdefault(speaker_id, _Moments()).add(v[:, EXP_DIM:])
+    self._exp_speaker.setdefault(speaker_id, _Moments()).add(v[:, :EXP_DIM])
+    if emotion is not None and int(emotion) == NEUTRAL:
+      self._exp_neutral.setdefault(speaker_id, _Moments()).add(v[:, :EXP_DIM])
     self._audio.add(np.asarray(features, np.float32))
     self._kp.add(np.asarray(motion["kp"], np.float32).reshape(-1, EXP_DIM))
 
@@ -116,12 +139,13 @@ class StatsAccumulator:
     f32 = lambda x: np.asarray(x, np.float32)
     means = {s: f32(m.mean) for s, m in self._pose.items()}
     stds = {s: f32(m.std()) for s, m in self._pose.items()}
+    reference = {s: f32(self._exp_neutral.get(s, m).mean) for s, m in self._exp_speaker.items()}
     return DatasetStats(
         exp_mean=f32(self._exp.mean), exp_std=f32(self._exp.std()), pose_mean=means, pose_std=stds,
         default_pose_mean=f32(np.median(np.stack(list(means.values())), axis=0)),
         default_pose_std=f32(np.median(np.stack(list(stds.values())), axis=0)),
         audio_mean=f32(self._audio.mean), audio_std=f32(self._audio.std()), kp_mean=f32(self._kp.mean),
-        num_frames=int(self._exp.n))
+        num_frames=int(self._exp.n), exp_reference=reference)
 
 
 def save_stats(stats: DatasetStats, path: str | os.PathLike) -> None:
@@ -150,4 +174,4 @@ def load_stats(path: str | os.PathLike) -> DatasetStats:
       pose_std={k: arr(v) for k, v in r["pose_std"].items()},
       default_pose_mean=arr(r["default_pose_mean"]), default_pose_std=arr(r["default_pose_std"]),
       audio_mean=arr(r["audio_mean"]), audio_std=arr(r["audio_std"]), kp_mean=arr(r["kp_mean"]),
-      num_frames=int(r["num_frames"]))
+      num_frames=int(r["num_frames"]), exp_reference={k: arr(v) for k, v in r.get("exp_reference", {}).items()})
