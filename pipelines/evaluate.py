@@ -1,0 +1,132 @@
+"""Evaluate a trained stage-1 or stage-2 model (EMA weights) in motion space on a held-out split of its dataset.
+
+  python pipelines/evaluate.py --checkpoint WORKDIR|WORKDIR/checkpoints/STEP [--split test] [--num-clips N]
+                               [--max-frames F] [--batch-size B] [--seed 0] [--out DIR] [--config.KEY=VALUE ...]
+
+Each held-out clip (the first N of the split, cut to its first F frames) is generated from its audio and its source
+(frame 0, its expression as config.data.source_expression says) and compared with the truth: mouth-opening
+correlation, keypoint distance, head-pose spread and distance, jitter, and the mouth correlation with the audio
+dropped. A stage-2 model is also sampled with each clip's emotion, with every emotion, and with the emotion dropped,
+at w_e = config.sample.w_emotion; a softmax-regression emotion classifier trained on the labelled training clips
+(ground truth) tells which emotion each sample shows, and the head pose is summarised per requested emotion.
+
+Writes DIR/metrics.json (default DIR: WORKDIR/evaluation/<split>), DIR/curves.png (mouth and head rotation over
+time) and, for stage 2, DIR/emotion.png (confusion matrices, pose per emotion). --config.KEY=VALUE overrides the
+checkpoint's config (e.g. --config.sample.ddim_steps=10 or --config.sample.w_emotion=2.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from playmate_jax import cli  # noqa: E402
+from playmate_jax.errors import UserError  # noqa: E402
+
+
+def train_classifier(config, stats):
+  """The emotion classifier of config.eval.classifier (defaults for older configs) on the labelled train clips."""
+  import numpy as np
+  from playmate_jax.data import pipeline
+  from playmate_jax.train import emotion_classifier as classifier_lib
+  settings = config.eval.get("classifier", {})
+  clips = pipeline.load_labelled_expressions(config, config.data.train_split, settings.get("max_clips", None))
+  if len({c["emotion"] for c in clips}) < 2:
+    raise UserError(f"Split {config.data.train_split!r} has {len(clips)} clips with an emotion label, of fewer than "
+                    "two emotions, so no emotion classifier can be trained; label the clips (preprocess.py "
+                    "--emotions) or evaluate a stage-1 checkpoint.")
+  features = np.stack([classifier_lib.clip_feature(c["exp"], stats.reference_expression(c["speaker_id"]))
+                       for c in clips])
+  kwargs = {k: settings[k] for k in ("steps", "lr", "l2") if k in settings}
+  return classifier_lib.train_classifier(features, [c["emotion"] for c in clips], **kwargs)
+
+
+def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips: int | None = None,
+                        max_frames: int | None = None, batch_size: int = 16, seed: int = 0, out: str | None = None,
+                        overrides: dict[str, str] | None = None, progress: bool = True) -> dict:
+  """Evaluates the checkpoint, writes metrics.json and the plots into `out`; returns the metrics."""
+  import jax
+  from playmate_jax import configlib, data, generator
+  from playmate_jax.train import checkpoint as ckpt_lib
+  from playmate_jax.train import evaluate as eval_lib
+  from playmate_jax.train import state as state_lib
+  from playmate_jax.train.trainer import model_factory
+
+  if batch_size < 1:
+    raise UserError(f"--batch-size {batch_size} must be at least 1.")
+  run = ckpt_lib.restore_run(checkpoint)
+  config = configlib.apply_overrides(run.config.copy_and_resolve_references(), overrides or {})
+  config.lock()
+  split = split or config.data.eval_split
+  clips = data.load_eval_clips(config, split, num_clips, max_frames)
+  if not clips:
+    raise UserError(f"Split {split!r} of the dataset of {run.workdir} holds no clips; pass another --split.")
+  stage2 = int(config.stage) == 2
+  stats = data.load_stats(config)
+  classifier = train_classifier(config, stats) if stage2 else None
+  references = {c["speaker_id"]: stats.reference_expression(c["speaker_id"]) for c in clips}
+
+  graphdef = state_lib.model_graphdef(model_factory(config, clips[0]["audio"].shape[-1]))
+  sampler = generator.make_window_sampler(graphdef, generator.Diffusion.from_config(config.diffusion), config)
+
+  def sample(audio, identity, key, w_audio, emotion):
+    return generator.sample_sequence(sampler, run.params, audio, identity, key, config, w_audio=w_audio,
+                                     emotion=emotion)
+
+  metrics, curves = eval_lib.evaluate_clips(sample, clips, jax.random.key(seed), w_audio=config.sample.w_audio,
+                                            classifier=classifier, references=references,
+                                            batch_size=min(batch_size, len(clips)), progress=progress)
+  metrics["run"] = {"checkpoint": os.path.abspath(checkpoint), "workdir": run.workdir, "step": run.step,
+                    "stage": int(config.stage), "split": split, "max_frames": max(c["num_frames"] for c in clips),
+                    "w_audio": float(config.sample.w_audio), "seed": seed,
+                    "w_emotion": float(config.sample.w_emotion) if stage2 else None}
+  out = out or os.path.join(run.workdir, "evaluation", split)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "metrics.json"), "w") as f:
+    json.dump(metrics, f, indent=1)
+  eval_lib.plot(curves, os.path.join(out, "curves.png"), run.step)
+  if stage2:
+    eval_lib.plot_emotion(metrics, os.path.join(out, "emotion.png"))
+  return metrics
+
+
+def summary(metrics: dict) -> str:
+  """The headline numbers, one line."""
+  keys = ["mouth_corr", "mouth_corr_no_audio", "kp_dist", "pose_std", "pose_std_true", "pose_dist", "jitter",
+          "jitter_true", "emotion_acc", "emotion_acc_null", "emotion_acc_sweep", "classifier_acc_true",
+          "pose_shift_by_emotion", "pose_shift_by_seed", "pose_std_change_by_emotion"]
+  return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--checkpoint", required=True, help="a training workdir (newest checkpoint) or one checkpoint")
+  parser.add_argument("--split", default=None, help="held-out split (default: config.data.eval_split)")
+  parser.add_argument("--num-clips", "--num_clips", type=int, default=None,
+                      help="clips evaluated, the split's first (default: config.eval.num_clips)")
+  parser.add_argument("--max-frames", "--max_frames", type=int, default=None,
+                      help="frames per clip, from its start (default: config.eval.max_frames)")
+  parser.add_argument("--batch-size", "--batch_size", type=int, default=16, help="sequences sampled at once")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/evaluation/SPLIT)")
+  args, rest = parser.parse_known_args(argv)
+  cli.setup_logging()
+
+  def evaluate():
+    from playmate_jax import configlib
+    metrics = evaluate_checkpoint(args.checkpoint, split=args.split, num_clips=args.num_clips,
+                                  max_frames=args.max_frames, batch_size=args.batch_size, seed=args.seed, out=args.out,
+                                  overrides=configlib.parse_overrides(rest))
+    where = args.out or os.path.join(metrics["run"]["workdir"], "evaluation", metrics["run"]["split"])
+    print(f"evaluated {metrics['num_clips']} clips of split {metrics['run']['split']!r}: {summary(metrics)}")
+    print(f"wrote {os.path.join(where, 'metrics.json')}")
+
+  return cli.run(evaluate)
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
