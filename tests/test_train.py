@@ -90,6 +90,23 @@ def test_data_parallel_is_exact(tmp_path):
   assert_trees_close(results[0], results[1], rtol=2e-4, atol=2e-6)
 
 
+@pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
+def test_checkpoint_resumes_on_another_device_count(tmp_path, first, second):
+  """A run checkpointed on `first` devices and resumed on `second` ends where an uninterrupted run on `second`
+  devices does (a checkpoint from N GPUs restores on 1 and the reverse; the loss continues from its step)."""
+  def run(workdir, n, steps):
+    config = tiny_config(**{"train.num_steps": steps, "train.ckpt_every": 6, "train.eval_every": 1000})
+    return Trainer(config, str(workdir), mesh=mesh_lib.make_mesh(jax.devices()[:n])).run()["params"]
+
+  straight = run(tmp_path / "straight", second, 12)
+  run(tmp_path / "moved", first, 6)
+  moved = run(tmp_path / "moved", second, 12)
+  assert_trees_close(straight, moved, rtol=2e-4, atol=2e-6)
+  assert final_params(tmp_path / "moved")[1] == 12
+  steps_logged = [json.loads(l)["step"] for l in open(tmp_path / "moved" / "metrics.jsonl")]
+  assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == 12
+
+
 def test_sigkill_resume_is_exact(tmp_path):
   """Killed with SIGKILL after the step-10 checkpoint, then rerun: the same parameters as one uninterrupted run."""
   steps = ["--config.train.num_steps=30", "--config.train.ckpt_every=10", "--config.train.eval_every=1000"]
