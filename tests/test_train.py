@@ -93,7 +93,9 @@ def test_data_parallel_is_exact(tmp_path):
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
 def test_checkpoint_resumes_on_another_device_count(tmp_path, first, second):
   """A run checkpointed on `first` devices and resumed on `second` ends where an uninterrupted run on `second`
-  devices does (a checkpoint from N GPUs restores on 1 and the reverse; the loss continues from its step)."""
+  devices does (a checkpoint from N GPUs restores on 1 and the reverse; the loss continues from its step). The
+  first segment stops at 6 steps through num_steps: the learning-rate schedule depends on num_steps, and its first
+  6 steps (5 of warm-up, then the peak) are the same for 6 and for 12 steps; a stop at 4 would shorten warm-up."""
   def run(workdir, n, steps):
     config = tiny_config(**{"train.num_steps": steps, "train.ckpt_every": 6, "train.eval_every": 1000})
     return Trainer(config, str(workdir), mesh=mesh_lib.make_mesh(jax.devices()[:n])).run()["params"]
