@@ -263,16 +263,14 @@ def bench_sample(config, seconds: float, repeats: int, profile: str | None = Non
   import jax.numpy as jnp
   from flax import nnx
   from playmate_jax import audio, generator, motion, profiling
-  from playmate_jax.train import state as state_lib
-  from playmate_jax.train.trainer import check_stage, model_factory
+  from playmate_jax.train.trainer import check_stage, model_factory, window_sampler
 
   check_stage(config)
   audio_dim = audio.get_encoder(config.audio).feature_dim
   model_fn = model_factory(config, audio_dim)
   params = jax.jit(lambda k: nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=k)), nnx.Param)))(jax.random.key(0))
-  graphdef = state_lib.model_graphdef(model_fn)
-  diffusion = generator.Diffusion.from_config(config.diffusion)
-  sampler = generator.make_window_sampler(graphdef, diffusion, config)
+  sampler = window_sampler(config, audio_dim)
+  graphdef = sampler.graphdef
   frames = int(round(seconds * config.audio.fps))
   rng = np.random.default_rng(0)
   features = rng.standard_normal((frames, audio_dim)).astype(np.float32)

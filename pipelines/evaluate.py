@@ -53,8 +53,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips:
   from playmate_jax import configlib, data, generator
   from playmate_jax.train import checkpoint as ckpt_lib
   from playmate_jax.train import evaluate as eval_lib
-  from playmate_jax.train import state as state_lib
-  from playmate_jax.train.trainer import model_factory
+  from playmate_jax.train.trainer import window_sampler
 
   if batch_size < 1:
     raise UserError(f"--batch-size {batch_size} must be at least 1.")
@@ -70,8 +69,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips:
   classifier = train_classifier(config, stats) if stage2 else None
   references = {c["speaker_id"]: stats.reference_expression(c["speaker_id"]) for c in clips}
 
-  graphdef = state_lib.model_graphdef(model_factory(config, clips[0]["audio"].shape[-1]))
-  sampler = generator.make_window_sampler(graphdef, generator.Diffusion.from_config(config.diffusion), config)
+  sampler = window_sampler(config, clips[0]["audio"].shape[-1])
 
   def sample(audio, identity, key, w_audio, emotion):
     return generator.sample_sequence(sampler, run.params, audio, identity, key, config, w_audio=w_audio,

@@ -55,9 +55,8 @@ class MotionModel:
   """A trained model (EMA weights) restored once: audio -> motion for a source identity, any length."""
 
   def __init__(self, run, ddim_steps: int | None = None):
-    from playmate_jax import audio, generator
-    from playmate_jax.train import state as state_lib
-    from playmate_jax.train.trainer import model_factory
+    from playmate_jax import audio
+    from playmate_jax.train.trainer import window_sampler
     self.params, self.config, self.stats = run.params, run.config, run.stats
     self.workdir = run.workdir
     if ddim_steps is not None:
@@ -65,9 +64,7 @@ class MotionModel:
       with self.config.unlocked():
         self.config.sample.ddim_steps = int(ddim_steps)
     self.encoder = audio.get_encoder(self.config.audio)
-    graphdef = state_lib.model_graphdef(model_factory(self.config, self.encoder.feature_dim))
-    self.sampler = generator.make_window_sampler(graphdef, generator.Diffusion.from_config(self.config.diffusion),
-                                                 self.config)
+    self.sampler = window_sampler(self.config, self.encoder.feature_dim)
 
   @classmethod
   def load(cls, checkpoint: str, ddim_steps: int | None = None) -> "MotionModel":
@@ -130,12 +127,12 @@ def load_portrait(renderer, path: str, crop: bool = True) -> Portrait:
   crop=False the image is taken as an already cropped face (its centred square, resized), with no detection."""
   image = crop_lib.load_image(path)
   if crop:
-    crop = crop_lib.crop_portrait(image, size=renderer.crop_size, name=path)
+    face = crop_lib.crop_portrait(image, size=renderer.crop_size, name=path)
   else:
-    crop = crop_lib.crop_with_square(image, crop_lib.center_square(*image.shape[:2]), renderer.crop_size)
-  batch = crop.image[None]
+    face = crop_lib.crop_with_square(image, crop_lib.center_square(*image.shape[:2]), renderer.crop_size)
+  batch = face.image[None]
   src = {k: np.asarray(v, np.float32) for k, v in renderer.extract_motion(batch).items()}
-  return Portrait(image=image, crop=crop, feature=renderer.extract_appearance(batch), motion=src,
+  return Portrait(image=image, crop=face, feature=renderer.extract_appearance(batch), motion=src,
                   keypoints=renderer.keypoints(src))
 
 

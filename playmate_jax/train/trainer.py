@@ -66,6 +66,13 @@ def model_factory(config: ml_collections.ConfigDict, audio_dim: int):
       config.model, audio_dim=audio_dim, audio_context=config.data.audio_context, emotion_depth=depth, rngs=rngs)
 
 
+def window_sampler(config: ml_collections.ConfigDict, audio_dim: int) -> generator.WindowSampler:
+  """The jitted DDIM + guidance sampler of this config's model (params are an argument of each call): what
+  sampling, animation, evaluation and the sample benchmark use."""
+  graphdef = state_lib.model_graphdef(model_factory(config, audio_dim))
+  return generator.make_window_sampler(graphdef, generator.Diffusion.from_config(config.diffusion), config)
+
+
 class Components(NamedTuple):
   """What a training step needs, built from the config alone (no dataset): shared by the trainer and benchmarks."""
   model_fn: Callable
