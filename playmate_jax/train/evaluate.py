@@ -55,17 +55,16 @@ def evaluate(sample: SampleFn, params, clips: list[dict], key: jax.Array, w_audi
     gen0 = sample_clip(0.0, null)
     true = _denormalized(clip["motion"], clip["stats"])
     m_gen, m_gen0, m_true = (np.asarray(motion.mouth_opening(d["exp"])) for d in (gen, gen0, true))
-    rot = lambda d: np.stack([d["pitch"], d["yaw"], d["roll"]], -1)
     rows.append({
         "mouth_corr": _corr(m_gen, m_true),
         "mouth_corr_no_audio": _corr(m_gen0, m_true),
-        "pose_std": float(rot(gen).std(0).mean()),
-        "pose_std_true": float(rot(true).std(0).mean()),
+        "pose_std": float(rotation(gen).std(0).mean()),
+        "pose_std_true": float(rotation(true).std(0).mean()),
         "exp_l1": float(np.abs(gen["exp"] - true["exp"]).mean()),
     })
     if emotion:
       rows[-1]["exp_l1_no_emotion"] = float(np.abs(sample_clip(w_audio, null)["exp"] - true["exp"]).mean())
-    curves.append({"clip_id": clip["clip_id"], "mouth": (m_gen, m_gen0, m_true), "pose": (rot(gen), rot(true))})
+    curves.append({"clip_id": clip["clip_id"], "mouth": (m_gen, m_gen0, m_true), "pose": (rotation(gen), rotation(true))})
   metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
   return metrics, curves
 
