@@ -45,8 +45,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.sample.w_emotion = 1.5            # emotion guidance weight w_e
     # Stochastic (DDPM-like) steps: deterministic DDIM keeps whatever expression the initial noise happens to
     # suggest (the model reads a window's constant emotion offset from x_t early), so the label's guidance is lost;
-    # fresh noise at each step lets it add up (demo: every held-out clip under every emotion recognised as it 0.89
-    # of the time at eta 0, 0.98 at eta 1).
+    # fresh noise at each step lets it add up (README, "Stage 2: emotion": 0.89 of the demo's swept emotions
+    # recognised at eta 0, 0.98 at eta 1).
     c.sample.eta = 1.0
 
     # What the controller is trained to impose. A training clip's own frames carry its emotion, a user's portrait
@@ -54,7 +54,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # (its neutral clips' mean, else all its frames'), "clip" being stage 1's choice of the source frame's own.
     c.data.source_expression = "reference"
     # Share of training windows made sequence starts (previous motion = the source repeated, as the sampler gives
-    # the first window). Not needed: on the demo 0.5 recognised 0.96 of the swept emotions, 0 recognised 0.98.
+    # the first window). Not needed on the demo (README, "Stage 2: emotion").
     c.data.start_prob = 0.0
 
     # pipelines/evaluate.py's emotion classifier (softmax regression on per-clip expression features), trained on

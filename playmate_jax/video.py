@@ -216,7 +216,7 @@ class VideoWriter:
                audio_rate: int = AUDIO_RATE, crf: int = 18, preset: str = "veryfast"):
     self.path = os.fspath(path)
     self.fps, self.audio, self.audio_rate, self.crf = float(fps), audio, int(audio_rate), int(crf)
-    self.preset = preset  # x264's speed/size trade-off: "veryfast" encodes ~2x faster than "medium" at this crf
+    self.preset = preset  # x264's speed/size trade-off (its default is "medium", slower)
     self.num_frames = 0
     self._gen = None
     self._size = None  # (height, width) of the frames given

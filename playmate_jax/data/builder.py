@@ -25,9 +25,9 @@ NAME = "playmate_clips"
 VERSION = "1.0.0"
 CLIPS_FILE = "clips.json"
 MOTION_KEYS = ("exp", "pitch", "yaw", "roll", "t", "scale", "kp")
-# TFDS writes ArrayRecord with the library's default zstd:3. The clips (int16 speech, float features) shrink by
-# about 10% with it, and decompressing a 0.5 MB clip took 0.50 ms against 0.13 ms uncompressed, most of the input
-# pipeline's time per training window: the shards are rewritten uncompressed (same records, same order).
+# TFDS writes ArrayRecord with the library's default zstd:3. The clips (int16 speech, float features) barely shrink
+# with it, and decompressing them was the largest part of reading a training window (BENCHMARKS.md, the loader
+# rows): the shards are rewritten uncompressed (same records, same order).
 SHARD_OPTIONS = "group_size:1,uncompressed"
 
 

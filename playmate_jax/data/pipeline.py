@@ -213,8 +213,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 
   mode, start_prob = source_settings(config)
   sampler = RandomWindow(ds.stats, d.window, d.prev_frames, d.audio_context, mode, start_prob)
   pipeline = grain.MapDataset.source(records).seed(seed).shuffle().repeat().random_map(sampler)
-  # Grain's element prefetch scans its whole ready buffer on every element (grain 0.2.18): its default 500-deep
-  # buffer and 16 threads cost more than the decoding itself, so both are config settings.
+  # Grain's element prefetch scans its whole ready buffer on every element (grain 0.2.18), so its default 500-deep
+  # buffer and 16 threads slow the loader (BENCHMARKS.md, the loader rows): both are config settings.
   read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_buffer)
   pipeline = pipeline.to_iter_dataset(read).batch(d.batch_size // process_count, drop_remainder=True)
   if d.worker_count > 0:
