@@ -68,6 +68,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.audio_drop_prob = 0.1       # audio condition replaced by a learned null during training (for CFG)
   c.model.prev_noise_std = 0.05       # noise added to the previous-motion condition during training
   c.model.dtype = "bfloat16"          # compute dtype; parameters stay float32
+  c.model.attention = "auto"          # "auto" (cuDNN's fused kernel on a GPU in bf16/fp16, else "xla"), "xla", "cudnn"
 
   # Diffusion: DDPM training (noise prediction), DDIM sampling with classifier-free guidance.
   c.diffusion = ml_collections.ConfigDict()

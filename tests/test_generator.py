@@ -397,3 +397,24 @@ def test_depthwise_conv_by_taps_equals_grouped_conv(taps):
   got = depthwise_conv1d(x.astype(jnp.bfloat16), bf16.kernel[...], bf16.bias[...])
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(got.astype(jnp.float32), bf16(x).astype(jnp.float32), atol=0.05)
+
+
+def test_attention_kernel_setting(monkeypatch):
+  """config.model.attention: "auto" is XLA's einsums off a GPU; an unknown name is one clear error; and the cuDNN
+  branch's call (layout [B, N, heads, head_dim], default scale) computes what the einsum branch does; checked
+  here through jax.nn.dot_product_attention's XLA implementation, the same function cuDNN's kernel computes."""
+  from playmate_jax.generator import dit
+  cfg = get_config("tiny").model
+  assert jax.default_backend() != "gpu" and dit.attention_kernel(cfg) == "xla"
+  cfg.attention = "flash"
+  with pytest.raises(UserError, match="config.model.attention='flash'"):
+    dit.attention_kernel(cfg)
+  attn = dit.SelfAttention(32, 4, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 9, 32))
+  want = attn(x)
+  real = jax.nn.dot_product_attention
+  monkeypatch.setattr(jax.nn, "dot_product_attention",
+                      lambda q, k, v, implementation: real(q, k, v, implementation="xla"))
+  attn.kernel = "cudnn"
+  np.testing.assert_allclose(attn(x), want, atol=1e-5)
+  np.testing.assert_allclose(attn(x[:, ::-1]), want[:, ::-1], atol=1e-5)  # no mask: order-equivariant
