@@ -13,8 +13,10 @@ Peak device memory is the process's peak so far (under `all`, of every part run 
 
 `train`: exactly the jitted step launch.py runs (same model, optimizer, EMA, shardings, donated state; stage 2
 trains the emotion controller beside the frozen stage-1 part) on random batches of the config's shapes, so no
-dataset is needed. Parameter count, compile time, step time (median, min, max, IQR over --steps steps after 3
-warm-up steps), steps/s, samples/s (global and per device), peak device memory; `flops_per_step`, the model FLOPs
+dataset is needed. Parameter count, compile time, step time (after 3 warm-up steps, --steps steps run back to
+back as the training loop runs them, timed in groups of 5 (at least one): median, min, max, IQR over the groups),
+the host's time to dispatch one step (`dispatch_ms_median`, hidden behind the device's work while it is shorter),
+steps/s, samples/s (global and per device), peak device memory; `flops_per_step`, the model FLOPs
 of one step (2 x the multiply-adds of every matmul and convolution of forward, backward and optimizer, counted on
 the step's jaxpr, loops times their trip count), beside XLA's own count (`xla_flops_per_step_per_device`, the
 cost_analysis of the compiled step: per device under SPMD, elementwise work included, library calls on a GPU
@@ -200,6 +202,9 @@ def try_loader(config, batches: int) -> dict:
     return {"skipped": str(e)}
 
 
+TRAIN_GROUP = 5  # train steps per timed group
+
+
 def bench_train(config, steps: int, peak: dict, loader: dict | None = None, profile: str | None = None) -> dict:
   """The train step on random batches; `peak` from measure_peak (for MFU), `loader` from try_loader (or None)."""
   import jax
@@ -225,12 +230,18 @@ def bench_train(config, steps: int, peak: dict, loader: dict | None = None, prof
   for i in range(3):  # warm-up
     state, metrics = step(state, batches[i % 4], key)
   jax.block_until_ready(metrics)
-  times = []
-  for i in range(steps):
+  # Steps run back to back, as the training loop runs them (it never waits for a step), so the host's dispatch of
+  # one step overlaps the device's work on the one before. They are timed in groups of TRAIN_GROUP, each ended by
+  # one wait; a group's time / TRAIN_GROUP is one sample of step_ms. dispatch_ms: the host's time in the call.
+  times, dispatch = [], []
+  for g in range(max(1, steps // TRAIN_GROUP)):
     t = time.perf_counter()
-    state, metrics = step(state, batches[i % 4], key)
+    for i in range(TRAIN_GROUP):
+      d = time.perf_counter()
+      state, metrics = step(state, batches[(g * TRAIN_GROUP + i) % 4], key)
+      dispatch.append(time.perf_counter() - d)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
+    times.append((time.perf_counter() - t) / TRAIN_GROUP)
   if profile:
     with profiling.trace(profile):
       for i in range(3):
@@ -241,6 +252,7 @@ def bench_train(config, steps: int, peak: dict, loader: dict | None = None, prof
       "device": jax.devices()[0].device_kind, "num_devices": n, "stage": config.stage, "batch_size": b,
       "window": config.data.window, "prev_frames": config.data.prev_frames, "dtype": config.model.dtype,
       "params": generator.count_params(state["params"]), "compile_s": compile_s, **spread("step_ms", times),
+      "dispatch_ms_median": statistics.median(dispatch) * 1e3,
       "steps_per_s": 1.0 / median, "samples_per_s": b / median, "samples_per_s_per_device": b / median / n,
       "flops_per_step": flops, "xla_flops_per_step_per_device": xla_flops(step),
       "tflops_per_s": flops / median / 1e12,
