@@ -29,13 +29,16 @@ def enable_compilation_cache() -> str | None:
 
   The folder is $PLAYMATE_COMPILE_CACHE, or ~/.cache/playmate_jax/xla when that is unset; `off` turns the cache
   off. A second run of the same job (the same model sizes and shapes) then loads its compiled programs instead of
-  compiling them again: tens of seconds on a GPU for the paper-scale DiT and the renderer.
+  compiling them again: tens of seconds on a GPU for the paper-scale DiT and the renderer. Every program is cached,
+  however quick its compile (JAX's default skips those under a second): a job dispatches dozens of small ones
+  (array conversions, keypoint transforms), and on a GPU each such compile costs a tenth of a second or more.
   """
   folder = os.environ.get("PLAYMATE_COMPILE_CACHE", os.path.expanduser("~/.cache/playmate_jax/xla"))
   if folder.lower() in ("off", "0", "none", ""):
     return None
   import jax
   jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   return folder
 
 
