@@ -71,14 +71,20 @@ class Checkpointer:
     self.manager.close()
 
 
-def _restore_state(state_dir: str, sharding: jax.sharding.Sharding | None = None):
+def _restore_state(state_dir: str, sharding: jax.sharding.Sharding | None = None,
+                   keys: tuple[str, ...] | None = None):
   """The saved train state with every array on `sharding` (default: this process's first device), whatever mesh
-  and process count wrote it."""
-  checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(state_dir).item_metadata
+  and process count wrote it; with `keys`, only those top-level entries (e.g. no optimizer state: a stage-1
+  checkpoint holds four copies of the weights, and sampling needs one)."""
+  metadata = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  if keys is not None:
+    metadata = {k: v for k, v in metadata.items() if k in keys}
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
-  return checkpointer.restore(state_dir, target)
+  restore_args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=m.shape, dtype=m.dtype),
+                              metadata)
+  return ocp.PyTreeCheckpointer().restore(
+      state_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=keys is not None))
 
 
 STATS_FILE = "dataset_stats.json"  # the training data's normalization statistics, copied into the workdir
@@ -116,7 +122,8 @@ def restore_run(path: str, *, ema: bool = True, sharding: jax.sharding.Sharding 
     config = ml_collections.ConfigDict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
         os.path.join(candidate, "config")))
     config.lock()
-    tree = _restore_state(os.path.join(candidate, "state"), sharding)
+    tree = _restore_state(os.path.join(candidate, "state"), sharding,
+                          keys=("step", "ema_params" if ema else "params", "frozen"))
     workdir = os.path.dirname(os.path.dirname(candidate))
     stats = read_stats_file(os.path.join(workdir, STATS_FILE))
     return Run(model_params(tree, ema), config, int(tree["step"]), workdir, stats)
