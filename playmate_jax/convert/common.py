@@ -228,10 +228,10 @@ def random_params(abstract: Mapping[str, Any], seed: int = 0, bias_std: float = 
     name = str(getattr(path[-1], "key", path[-1]))
     shape = tuple(leaf.shape)
     if name == "kernel":
-      return (rng.standard_normal(shape) / np.sqrt(max(1, int(np.prod(shape[:-1]))))).astype(np.float32)
+      return rng.standard_normal(shape, np.float32) / np.float32(np.sqrt(max(1, int(np.prod(shape[:-1])))))
     if name == "scale":
       return np.ones(shape, np.float32)
-    return (bias_std * rng.standard_normal(shape)).astype(np.float32)
+    return np.float32(bias_std) * rng.standard_normal(shape, np.float32)
 
   return jax.tree_util.tree_map_with_path(draw, dict(abstract))
 

@@ -123,22 +123,24 @@ class Renderer:
   def load(cls, path: str, dtype: Any = jnp.float32, crop_size: int = CROP_SIZE) -> "Renderer":
     """From a folder written by `python pipelines/convert.py liveportrait` (UserError if it is not one)."""
     from playmate_jax.convert import common
-    from playmate_jax.renderer.networks import abstract_params, networks_with_params
+    from playmate_jax.renderer.networks import abstract_networks
     config, params = common.load_converted(path, KIND)
-    common.check_covers(abstract_params(config), params, f"LivePortrait weights in {path}")
-    return cls(networks_with_params(config, params, dtype), config, dtype=dtype, crop_size=crop_size)
+    networks = abstract_networks(config, dtype)  # traced once (a second of host time at the released sizes)
+    common.check_covers(common.abstract_params(networks), params, f"LivePortrait weights in {path}")
+    return cls(common.with_params(networks, params), config, dtype=dtype, crop_size=crop_size)
 
   @classmethod
   def random(cls, config: Mapping[str, Any] | None = None, seed: int = 0, dtype: Any = jnp.float32,
              crop_size: int = CROP_SIZE) -> "Renderer":
     """Randomly initialized networks (for tests and demos), full size unless `config` says otherwise."""
-    from playmate_jax.convert.common import random_params
-    from playmate_jax.renderer.networks import abstract_params, networks_with_params
+    from playmate_jax.convert import common
+    from playmate_jax.renderer.networks import abstract_networks
     warnings.warn(RANDOM_WARNING, stacklevel=2)
     logging.getLogger(__name__).warning(RANDOM_WARNING)
     config = dict(config or RELEASED_MODEL_PARAMS)
-    params = random_params(abstract_params(config), seed)  # on the host: an NNX init compiles per shape
-    return cls(networks_with_params(config, params, dtype), config, dtype=dtype, crop_size=crop_size)
+    networks = abstract_networks(config, dtype)
+    params = common.random_params(common.abstract_params(networks), seed)  # on the host (NNX init: a compile per shape)
+    return cls(common.with_params(networks, params), config, dtype=dtype, crop_size=crop_size)
 
   @classmethod
   def from_spec(cls, spec: str, dtype: Any = jnp.float32) -> "Renderer":
