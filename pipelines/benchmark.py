@@ -494,6 +494,7 @@ def print_top_ops(folder: str, n: int = 25) -> None:
       continue
     lines = [str(row) for row in profiling.top_ops(trace_dir, n)]
     lines += ["-- by kernel:"] + [str(row) for row in profiling.top_ops(trace_dir, n, line="kernels")]
+    lines += ["-- kernels by class:"] + [str(row) for row in profiling.kernel_classes(trace_dir)]
     with open(os.path.join(trace_dir, "top_ops.txt"), "w") as f:
       f.write("\n".join(lines) + "\n")
     print(f"\n{part}: the {n} ops with the most device time in the trace ({trace_dir})")

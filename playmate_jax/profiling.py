@@ -9,7 +9,8 @@
 `trace` writes the profiler's files (open them in Perfetto or XProf for the timeline). `top_ops` reads the Chrome
 trace-event file of the newest trace and sums the duration of every device operation by name: on a GPU the "XLA
 Ops" line the profiler derives from the kernels (one event per HLO operation), else the kernels on the device's
-streams; on a CPU, which has no device lines, the host's events.
+streams; on a CPU, which has no device lines, the host's events. `kernel_classes` sums the GPU kernels by what
+they do (matmul, attention, reduction, transpose, elementwise, copy): how much of a step is bandwidth-bound work.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import glob
 import gzip
 import json
 import os
+import re
+from typing import Callable
 
 
 @contextlib.contextmanager
@@ -52,9 +55,8 @@ def _newest_trace(folder: str) -> str:
   return max(files, key=os.path.getmtime)
 
 
-def top_ops(folder: str, n: int = 20, line: str = "ops") -> list[OpTime]:
-  """The n operations of the newest trace under `folder` with the most summed time (see the module docstring);
-  line="kernels" sums the GPU kernels on the device's streams by kernel name instead of the XLA ops."""
+def _device_events(folder: str, line: str = "ops") -> list[dict]:
+  """The duration events top_ops sums (see there) of the newest trace under `folder`."""
   with gzip.open(_newest_trace(folder)) as f:
     data = json.load(f)
   events = data["traceEvents"] if isinstance(data, dict) else data
@@ -65,10 +67,52 @@ def top_ops(folder: str, n: int = 20, line: str = "ops") -> list[OpTime]:
   on_device = [e for e in spans if processes.get(e["pid"], "").startswith("/device:")]
   xla_ops = [e for e in on_device if threads.get((e["pid"], e.get("tid")), "") == "XLA Ops"]
   streams = [e for e in on_device if threads.get((e["pid"], e.get("tid")), "").startswith("Stream")]
-  chosen = (streams if line == "kernels" else xla_ops or streams) or on_device or spans
+  return (streams if line == "kernels" else xla_ops or streams) or on_device or spans
+
+
+def _summed(events: list[dict], key: Callable[[str], str]) -> tuple[collections.Counter, collections.Counter]:
   totals, counts = collections.Counter(), collections.Counter()
-  for e in chosen:
-    totals[e["name"]] += float(e["dur"])
-    counts[e["name"]] += 1
+  for e in events:
+    totals[key(e["name"])] += float(e["dur"])
+    counts[key(e["name"])] += 1
+  return totals, counts
+
+
+def top_ops(folder: str, n: int = 20, line: str = "ops") -> list[OpTime]:
+  """The n operations of the newest trace under `folder` with the most summed time (see the module docstring);
+  line="kernels" sums the GPU kernels on the device's streams by kernel name instead of the XLA ops."""
+  totals, counts = _summed(_device_events(folder, line), lambda name: name)
   whole = sum(totals.values()) or 1.0
   return [OpTime(name, us / 1e3, counts[name], us / whole) for name, us in totals.most_common(n)]
+
+
+KERNEL_CLASSES = ("matmul", "attention", "reduction", "transpose", "elementwise", "copy", "other")
+
+
+def kernel_class(name: str) -> str:
+  """What a GPU kernel of an XLA program does, from its name: "matmul" (cuBLAS nvjet/xmma/gemm kernels and XLA's
+  Triton gemm fusions), "attention" (cuDNN's fused attention), "reduction" / "transpose" / "elementwise" (XLA's
+  fusions by their kind: input_*reduce*, *transpose*, the other loop_/input_/fusion kernels), "copy" (memcpy and
+  memset), else "other"."""
+  lower = name.lower()
+  if "sdpa" in lower or "fmha" in lower or "flash" in lower:
+    return "attention"
+  if re.search(r"nvjet|xmma|gemm|cublas|cutlass", lower):
+    return "matmul"
+  if lower.startswith(("memcpy", "memset")):
+    return "copy"
+  if "reduce" in lower:
+    return "reduction"
+  if "transpose" in lower:
+    return "transpose"
+  if re.match(r"(loop_|input_|wrapped_|fusion|triton_)", lower):
+    return "elementwise"
+  return "other"
+
+
+def kernel_classes(folder: str) -> list[OpTime]:
+  """The GPU kernels of the newest trace under `folder` summed by kernel_class, largest first (on a CPU, which
+  has no device lines, the host's events, mostly "other")."""
+  totals, counts = _summed(_device_events(folder, "kernels"), kernel_class)
+  whole = sum(totals.values()) or 1.0
+  return [OpTime(name, us / 1e3, counts[name], us / whole) for name, us in totals.most_common()]
