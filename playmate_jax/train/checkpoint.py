@@ -81,10 +81,8 @@ def _restore_state(state_dir: str, sharding: jax.sharding.Sharding | None = None
   if keys is not None:
     metadata = {k: v for k, v in metadata.items() if k in keys}
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
-  restore_args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=m.shape, dtype=m.dtype),
-                              metadata)
-  return ocp.PyTreeCheckpointer().restore(
-      state_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=keys is not None))
+  return ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=keys is not None))
 
 
 STATS_FILE = "dataset_stats.json"  # the training data's normalization statistics, copied into the workdir
