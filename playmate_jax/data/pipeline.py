@@ -166,10 +166,12 @@ class RandomWindow(grain.transforms.RandomMap):
     rows = np.arange(start - K, start + L)
     if as_start:
       rows[:K] = -1
-    source = source_vector(self.stats, _motion_rows(m, np.array([src]))[0], speaker, self.source_expression)
-    v = _motion_rows(m, np.maximum(rows, 0))
-    v[rows < 0] = source  # before the clip start (or a window treated as one): the source, as at inference
-    v = self.stats.normalize_motion(np.concatenate([v, source[None]]), speaker)
+    # The window's K + L frames and, last, the source frame, read in one go. Frames before the clip start (or of a
+    # window treated as one) are the source, as at inference.
+    v = _motion_rows(m, np.append(np.maximum(rows, 0), src))
+    source = source_vector(self.stats, v[-1], speaker, self.source_expression)
+    v[np.append(rows < 0, True)] = source
+    v = self.stats.normalize_motion(v, speaker)
     audio = np.zeros((L + 2 * c, self.stats.audio_mean.shape[0]), np.float32)
     lo, hi = max(start - c, 0), min(start + L + c, n)
     audio[lo - (start - c):hi - (start - c)] = self.stats.normalize_audio(ex["audio"]["features"][lo:hi])
