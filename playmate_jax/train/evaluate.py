@@ -64,7 +64,8 @@ def evaluate(sample: SampleFn, params, clips: list[dict], key: jax.Array, w_audi
     })
     if emotion:
       rows[-1]["exp_l1_no_emotion"] = float(np.abs(sample_clip(w_audio, null)["exp"] - true["exp"]).mean())
-    curves.append({"clip_id": clip["clip_id"], "mouth": (m_gen, m_gen0, m_true), "pose": (rotation(gen), rotation(true))})
+    curves.append({"clip_id": clip["clip_id"], "mouth": (m_gen, m_gen0, m_true),
+                   "pose": (rotation(gen), rotation(true))})
   metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
   return metrics, curves
 
