@@ -67,8 +67,9 @@ ATTENTION_KERNELS = ("auto", "xla", "cudnn")
 
 def attention_kernel(model_cfg: Any) -> str:
   """config.model.attention resolved: "cudnn" (cuDNN's fused attention) or "xla" (two einsums and a float32
-  softmax). "auto" picks cuDNN on a GPU for a bfloat16/float16 model (the paper-scale train step on an H200: 37.5
-  -> 34.2 ms of device time, BENCHMARKS.md), and XLA elsewhere; configs saved before the setting existed mean "auto"."""
+  softmax). "auto" picks cuDNN on a GPU for a bfloat16/float16 model (the paper-scale train step on an H200: 37.5 ms
+  of device time with XLA's, 34.2 ms back to back with cuDNN's, BENCHMARKS.md), and XLA elsewhere; configs saved
+  before the setting existed mean "auto"."""
   kernel = model_cfg.get("attention", "auto")
   if kernel not in ATTENTION_KERNELS:
     raise UserError(f"config.model.attention={kernel!r} is unknown; use one of {', '.join(ATTENTION_KERNELS)}.")
