@@ -31,11 +31,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.prev_frames = 10             # K: previous frames of motion conditioning each window
   c.data.audio_context = 2            # audio frames of context on each side of the window
   c.data.batch_size = 256             # global batch, over all processes and devices
-  c.data.worker_count = 8             # Grain worker processes per host (0: in the main process)
+  c.data.worker_count = 12            # Grain worker processes per host (0: in the main process); a resumed run
+                                      # must keep its count (Grain's saved iterator state depends on it)
   c.data.worker_buffer_size = 2
   c.data.read_threads = 4             # threads reading and windowing clips in each worker (Grain ReadOptions)
   c.data.read_buffer = 64             # clips prefetched by those threads
   c.data.shuffle_seed = 0
+  # Independent random windows cut from each clip read, side by side in the batch (as repeated augmentation puts
+  # several views of one image in a batch): reading and decoding a clip costs the loader most of a window's time,
+  # so k windows per read make it about k times as fast (BENCHMARKS.md), with batches of B/k clips instead of B.
+  # 1: one window per clip read.
+  c.data.windows_per_clip = 4
 
   # Audio features: the encoder that produced the dataset's `audio/features`.
   c.audio = ml_collections.ConfigDict()
@@ -116,6 +122,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.prev_frames = 8
     c.data.batch_size = 16
     c.data.worker_count = 0
+    c.data.windows_per_clip = 1       # small batches: one window per clip (the main process reads fast enough)
     c.model.dim = 96
     c.model.depth = 3
     c.model.num_heads = 4
@@ -137,6 +144,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.prev_frames = 4
     c.data.batch_size = 8
     c.data.worker_count = 0
+    c.data.windows_per_clip = 1
     c.model.dim = 32
     c.model.depth = 2
     c.model.num_heads = 2

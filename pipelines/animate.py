@@ -25,6 +25,7 @@ images, for trying the pipeline), or `random:tiny` (small random networks, for s
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import sys
 
@@ -84,36 +85,60 @@ def animate(args: argparse.Namespace) -> dict:
       raise UserError(f"Driving video {driving_path} (from --pose) does not exist; check the path.")
   elif pose not in ("generated", "fixed", "sweep"):
     raise UserError(f"--pose {args.pose!r} is not a pose mode; use one of: {', '.join(anim.POSE_MODES)}.")
+  if not os.path.exists(args.checkpoint):
+    raise UserError(f"Checkpoint {args.checkpoint} does not exist; pass a training workdir or one of its "
+                    "checkpoints/<step> folders.")
   with watch("audio"):
     wave = load_audio(args.audio)
-  with watch("restore"):
-    model = anim.MotionModel.load(args.checkpoint, args.ddim_steps)
-  if label is not None and model.stage != 2:
-    raise UserError(f"Checkpoint {model.workdir} is a stage-{model.stage} model, which has no emotion control; "
-                    "drop --emotion or pass a stage-2 checkpoint (trained with configs/stage2.py).")
-  with watch("renderer"):
-    renderer = Renderer.from_spec(args.renderer, args.dtype)
-  with watch("portrait"):
-    portrait = anim.load_portrait(renderer, args.image, crop=not args.no_crop)
-  with watch("motion"):
-    motion = model.generate(wave, portrait.motion, seed=args.seed, w_audio=args.w_audio, emotion=label,
-                            w_emotion=args.w_emotion, progress=not args.no_progress)
-  assert len(motion["exp"]) == num_frames(len(wave))
-  motion_path = os.path.splitext(out)[0] + ".motion.npz"
-  np.savez(motion_path, fps=np.int32(anim.FPS), **motion)
-  n = len(motion["exp"])
-  with watch("pose"):
-    if pose == "video":
-      frames = anim.compose(portrait.motion, motion, "driven", anim.video_pose(renderer, driving_path, n))
-    elif pose == "sweep":
-      frames = anim.compose(portrait.motion, motion, "driven", anim.sweep_pose(n))
-    else:
-      frames = anim.compose(portrait.motion, motion, pose)
-  with watch("render"):
-    result = anim.render_video(renderer, portrait, frames, out, audio=wave, batch_size=args.batch_size,
-                               stitching=not args.no_stitching, paste_back=args.paste_back,
-                               progress=not args.no_progress)
-  return dict(result, out=out, motion=motion_path, seconds=len(wave) / 16000, stages=watch)
+
+  # The motion model is restored, and its sampler traced and loaded, on a worker thread while this one loads the
+  # renderer and prepares the portrait; the renderer's programs are warmed up there while the motion is generated.
+  background = Stopwatch()
+
+  def load_model():
+    with background("restore"):
+      model = anim.MotionModel.load(args.checkpoint, args.ddim_steps)
+    if label is None or model.stage == 2:
+      with background("sampler warm-up"):
+        model.warm_up(emotion=label is not None)
+    return model
+
+  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="animate")
+  try:
+    model_job = pool.submit(load_model)
+    with watch("renderer"):
+      renderer = Renderer.from_spec(args.renderer, args.dtype)
+    with watch("portrait"):
+      portrait = anim.load_portrait(renderer, args.image, crop=not args.no_crop)
+    with watch("model"):   # what is left of the restore and warm-up when the portrait is ready
+      model = model_job.result()
+    if label is not None and model.stage != 2:
+      raise UserError(f"Checkpoint {model.workdir} is a stage-{model.stage} model, which has no emotion control; "
+                      "drop --emotion or pass a stage-2 checkpoint (trained with configs/stage2.py).")
+    render_job = pool.submit(anim.warm_up_render, renderer, portrait, args.batch_size, not args.no_stitching)
+    with watch("motion"):
+      motion = model.generate(wave, portrait.motion, seed=args.seed, w_audio=args.w_audio, emotion=label,
+                              w_emotion=args.w_emotion, progress=not args.no_progress)
+    assert len(motion["exp"]) == num_frames(len(wave))
+    motion_path = os.path.splitext(out)[0] + ".motion.npz"
+    np.savez(motion_path, fps=np.int32(anim.FPS), **motion)
+    n = len(motion["exp"])
+    with watch("pose"):
+      if pose == "video":
+        frames = anim.compose(portrait.motion, motion, "driven", anim.video_pose(renderer, driving_path, n))
+      elif pose == "sweep":
+        frames = anim.compose(portrait.motion, motion, "driven", anim.sweep_pose(n))
+      else:
+        frames = anim.compose(portrait.motion, motion, pose)
+    with watch("render"):
+      with background("render warm-up"):
+        render_job.result()
+      result = anim.render_video(renderer, portrait, frames, out, audio=wave, batch_size=args.batch_size,
+                                 stitching=not args.no_stitching, paste_back=args.paste_back,
+                                 progress=not args.no_progress)
+  finally:
+    pool.shutdown(wait=False, cancel_futures=True)
+  return dict(result, out=out, motion=motion_path, seconds=len(wave) / 16000, stages=watch, background=background)
 
 
 def main(argv: list[str]) -> int:
@@ -125,7 +150,7 @@ def main(argv: list[str]) -> int:
     h, w = r["size"]
     print(f"wrote {r['out']}: {r['frames']} frames ({r['frames'] / 25:.2f} s at 25 fps, {w}x{h}) for "
           f"{r['seconds']:.2f} s of audio; motion in {r['motion']}")
-    print(f"time: {r['stages'].summary()}")
+    print(f"time: {r['stages'].summary()}; on a worker thread meanwhile: {r['background'].summary()}")
 
   return cli.run(run)
 

@@ -53,7 +53,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips:
   from playmate_jax import configlib, data, generator
   from playmate_jax.train import checkpoint as ckpt_lib
   from playmate_jax.train import evaluate as eval_lib
-  from playmate_jax.train.trainer import window_sampler
+  from playmate_jax.generator.factory import window_sampler
 
   if batch_size < 1:
     raise UserError(f"--batch-size {batch_size} must be at least 1.")

@@ -18,16 +18,19 @@ an H.264 mp4 with the speech muxed in, so memory stays flat for any length.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from playmate_jax import motion as motion_lib
 from playmate_jax import video
-from playmate_jax.data.builder import MOTION_KEYS
 from playmate_jax.errors import UserError
-from playmate_jax.motion import EMOTIONS
+from playmate_jax.motion import EMOTIONS, MOTION_KEYS
 from playmate_jax.renderer import crop as crop_lib
 
 FPS = 25
@@ -56,7 +59,7 @@ class MotionModel:
 
   def __init__(self, run, ddim_steps: int | None = None):
     from playmate_jax import audio
-    from playmate_jax.train.trainer import window_sampler
+    from playmate_jax.generator.factory import window_sampler
     self.params, self.config, self.stats = run.params, run.config, run.stats
     self.workdir = run.workdir
     if ddim_steps is not None:
@@ -76,6 +79,15 @@ class MotionModel:
   def stage(self) -> int:
     return int(self.config.stage)
 
+  def warm_up(self, emotion: bool = False) -> None:
+    """Traces the sampler and loads (or compiles) its program by sampling one window of silence, so that
+    `generate` then runs at once; `emotion` says whether the real call will pass one (another program).
+    `pipelines/animate.py` runs it on a worker thread while the portrait is being prepared."""
+    from playmate_jax import generator, motion
+    silence = np.zeros((self.config.data.window, self.encoder.feature_dim), np.float32)
+    generator.sample_sequence(self.sampler, self.params, silence, np.zeros(motion.IDENTITY_DIM, np.float32),
+                              jax.random.key(0), self.config, emotion=0 if emotion else None)
+
   def default_source(self) -> dict[str, np.ndarray]:
     """The training data's average identity (one frame of motion), for sampling without a portrait."""
     s = self.stats
@@ -88,7 +100,6 @@ class MotionModel:
                progress: bool = False) -> dict[str, np.ndarray]:
     """Motion fields [T, ...] (T = 25 fps frames of the 16 kHz waveform) for one source frame of motion (keys
     MOTION_KEYS, one frame). `emotion` (a label) needs a stage-2 model and guides by three-way CFG."""
-    import jax
     from playmate_jax import data, generator, motion
     if emotion is not None and self.stage != 2:
       raise UserError(f"Checkpoint {self.workdir} is a stage-{self.stage} model, which has no emotion control; "
@@ -148,7 +159,6 @@ def sweep_pose(num_frames: int) -> dict[str, np.ndarray]:
 def video_pose(renderer, path: str, num_frames: int, batch_size: int = 64) -> dict[str, np.ndarray]:
   """The head pose of a driving video's first `num_frames` frames at 25 fps (pitch, yaw, roll, t, scale [T]),
   from the motion extractor on one fixed face crop; a shorter video holds its last pose."""
-  import jax
   info = video.probe(path)
   square = crop_lib.center_square(info.height, info.width)
   found = crop_lib.find_video_square(video.read_frames(path, FPS))
@@ -174,7 +184,6 @@ def compose(source: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray
   """Per-frame motion to render (exp, rotation [T, 3, 3], t, scale, with pitch/yaw/roll): the generated
   expression with the head pose of `pose` — 'generated', 'fixed' (the portrait's own), or 'driven' by
   `driving` (a driving-pose dict [T], e.g. `video_pose` or `sweep_pose`, composed relative to its first frame)."""
-  import jax.numpy as jnp
   from playmate_jax import motion
   n = len(generated["exp"])
   src = {k: np.asarray(v, np.float32).reshape((1,) + np.shape(v)[1:]) for k, v in source.items()}
@@ -210,14 +219,11 @@ def render_stream(renderer, feature, x_s, keypoint_batches: Iterable[tuple[Any, 
   """Renders batches of driving keypoints (x_d [B, 21, 3], number of real frames n <= B) and hands each batch's
   first n frames (RGB uint8 [n, R, R, 3]) to `write`; each batch renders on the device while the previous one is
   written (asynchronous dispatch)."""
-  import jax
-  import jax.numpy as jnp
-  to_uint8 = jax.jit(lambda x: (jnp.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8))  # 4x less to copy
   pending = None
   for x_d, n in keypoint_batches:
     if stitching:
       x_d = renderer.stitch(x_s, x_d)
-    images = to_uint8(renderer.warp_decode(feature, x_s, x_d))
+    images = _to_uint8(renderer.warp_decode(feature, x_s, x_d))   # 4x less to copy than float32
     if pending is not None:
       write(np.asarray(pending[0][:pending[1]]))
     pending = (images, n)
@@ -225,22 +231,38 @@ def render_stream(renderer, feature, x_s, keypoint_batches: Iterable[tuple[Any, 
     write(np.asarray(pending[0][:pending[1]]))
 
 
+def warm_up_render(renderer, portrait: Portrait, batch_size: int = 16, stitching: bool = True) -> None:
+  """Traces and loads (or compiles) what `render_video` runs, for its batch size, by rendering one batch of the
+  portrait's own keypoints; `pipelines/animate.py` runs it on a worker thread while the motion is generated."""
+  kp = np.asarray(portrait.motion["kp"], np.float32)
+  eye = np.broadcast_to(np.eye(3, dtype=np.float32), (batch_size, 3, 3))
+  zeros = np.zeros((batch_size, 21, 3), np.float32)
+  x_d = _keypoints(kp, eye, zeros, zeros[:, 0], np.ones(batch_size, np.float32))
+  render_stream(renderer, portrait.feature, portrait.keypoints, [(x_d, 1)], lambda images: None,
+                stitching=stitching)
+
+
+@jax.jit
+def _keypoints(kp, rotation, exp, t, scale):
+  """Driving keypoints [B, 21, 3] of the source keypoints kp [1, 21, 3] and per-frame motion [B, ...]."""
+  return motion_lib.transform_keypoints_with_matrix(jnp.broadcast_to(kp, (rotation.shape[0],) + kp.shape[1:]),
+                                                    rotation, exp, t, scale)
+
+
+@jax.jit
+def _to_uint8(images):
+  return (jnp.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8)
+
+
 def render_video(renderer, portrait: Portrait, frames: Mapping[str, np.ndarray], out: str, *,
                  audio: str | np.ndarray | None, batch_size: int = 16, stitching: bool = True,
                  paste_back: bool = False, progress: bool = True) -> dict:
   """Renders composed motion (`compose`) of the portrait into an H.264 mp4 at 25 fps with the audio muxed in
   (a file or a 16 kHz waveform); returns dict(frames, size (h, w))."""
-  import jax
-  import jax.numpy as jnp
   from tqdm import tqdm
-  from playmate_jax import motion
   n = len(frames["exp"])
-  kp = jnp.asarray(portrait.motion["kp"])
-
-  @jax.jit
-  def keypoints(rotation, exp, t, scale):
-    return motion.transform_keypoints_with_matrix(jnp.broadcast_to(kp, (rotation.shape[0],) + kp.shape[1:]),
-                                                  rotation, exp, t, scale)
+  kp = np.asarray(portrait.motion["kp"], np.float32)
+  keypoints = functools.partial(_keypoints, kp)
 
   def batches():
     for start in range(0, n, batch_size):

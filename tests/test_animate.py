@@ -60,6 +60,8 @@ def test_portrait_and_speech_become_a_video_of_the_audio_length(stage2_run, inpu
     assert m["exp"].shape == (result["frames"], 21, 3) and m["yaw"].shape == (result["frames"],)
   sound = video.extract_audio(result["out"])
   assert abs(len(sound) / 16000 - audio_seconds) <= 1 / 25
+  # The model was restored and its sampler and the renderer warmed up on the worker thread.
+  assert set(result["background"].seconds) == {"restore", "sampler warm-up", "render warm-up"}
 
 
 def test_pose_modes(stage1_run, inputs, tmp_path):
@@ -116,6 +118,9 @@ def test_bad_inputs_are_one_sentence(stage1_run, stage2_run, inputs, tmp_path):
     cli.animate(args)
   cli, args = args_for(inputs, stage1_run, tmp_path / "x.mp4", "--pose", "video:missing.mp4")
   with pytest.raises(UserError, match="missing.mp4.*does not exist"):
+    cli.animate(args)
+  cli, args = args_for(inputs, tmp_path / "no_run", tmp_path / "x.mp4")
+  with pytest.raises(UserError, match="Checkpoint .*no_run does not exist"):
     cli.animate(args)
   cli, args = args_for(inputs, stage1_run, tmp_path / "x.mp4", "--pose", "nod")
   with pytest.raises(UserError, match="generated, fixed, sweep, video:FILE"):

@@ -264,6 +264,31 @@ def test_batches(demo_dir):
   assert seen_early and seen_late
 
 
+def test_windows_per_clip(demo_dir):
+  """k windows per clip read are k independent windows (the same as k one-window draws from the same generator),
+  side by side in the batch; the batch keeps its shapes."""
+  cfg = _config(demo_dir, windows_per_clip=2)
+  ds = data.open_dataset(cfg, "train")
+  ex = ds.source("train")[0]
+  d = cfg.data
+  window = lambda k: data.RandomWindow(ds.stats, d.window, d.prev_frames, d.audio_context, "clip", 0.5, k)
+  many = window(3).random_map(ex, np.random.default_rng(4))
+  rng = np.random.default_rng(4)
+  ones = [window(1).random_map(ex, rng) for _ in range(3)]
+  for name, a in many.items():
+    np.testing.assert_array_equal(a, np.stack([w[name] for w in ones]))
+  assert not np.array_equal(many["motion"][0], many["motion"][1])
+
+  _, by_kp = _normalized_clips(demo_dir)
+  it = data.make_train_iterator(cfg)
+  b = next(it)
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == data.batch_spec(cfg, 80)
+  clips = [by_kp[row.tobytes()][0] for row in b["identity"][:, 69:]]
+  assert clips[0::2] == clips[1::2] and len(set(clips)) == d.batch_size // 2
+  with pytest.raises(UserError, match="windows_per_clip"):
+    data.make_train_iterator(_config(demo_dir, windows_per_clip=3))
+
+
 def test_process_sharding(demo_dir):
   _, by_kp = _normalized_clips(demo_dir)
   n = data.load_dataset_info(_config(demo_dir))["splits"]["train"]

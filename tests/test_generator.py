@@ -10,7 +10,8 @@ from flax import nnx
 from configs.stage1 import get_config
 from playmate_jax.errors import UserError
 from playmate_jax.generator import (Diffusion, MotionDiT, count_params, ddim_sample, ddim_timesteps, guided_eps,
-                                    make_window_sampler, sample_sequence, sample_window, training_loss)
+                                    make_window_sampler, sample_sequence, sample_window, training_loss,
+                                    window_eps_fn)
 
 D = 12                 # audio feature dim used in the tests
 CFG = get_config("tiny")
@@ -225,7 +226,7 @@ def test_ddim_oracle_recovers_fixed_data():
   x_star = jax.random.normal(jax.random.key(0), (3, 5, 69))
   ab = d.alphas_cumprod
 
-  def oracle(x, t):
+  def oracle(x, t, i):
     a = ab[t][:, None, None]
     return (x - jnp.sqrt(a) * x_star) / jnp.sqrt(1 - a)
 
@@ -241,7 +242,7 @@ def test_ddim_samples_gaussian_data(eta):
   d = Diffusion.from_config(CFG.diffusion)
   mu, s = 1.5, 0.5
 
-  def exact_eps(x, t):
+  def exact_eps(x, t, i):
     a = d.alphas_cumprod[t][:, None]
     return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * mu) / (a * s * s + 1 - a)
 
@@ -270,6 +271,22 @@ def test_guidance_weights():
   np.testing.assert_array_equal(w0, sampler(params, inp["audio"] * 2 - 1, *args[1:], key, 0.0))
   assert not np.allclose(w0, sampler(params, *args, key, 1.5))
   assert sampler.num_traces == 1     # w_audio is an argument: changing it does not recompile
+
+
+@pytest.mark.parametrize("w_audio", [None, 1.5])
+def test_window_eps_fn_equals_the_model_at_every_step(w_audio):
+  """The sampler's per-step eps, with the window's tokens and every step's adaLN modulations computed before the
+  loop, is the model's (or guided_eps's) at that step's timestep."""
+  model = perturb(make_model())
+  inp = inputs()
+  args = (inp["audio"], inp["prev"], inp["identity"])
+  timesteps = ddim_timesteps(CFG.diffusion.num_timesteps, CFG.sample.ddim_steps)
+  eps_fn = nnx.jit(lambda m, x, i: window_eps_fn(m, *args, timesteps, w_audio)(x, None, i))
+  for i in (0, 3):
+    t = jnp.full((2,), timesteps[i], jnp.int32)
+    want = run(model, dict(inp, t=t)) if w_audio is None else guided_eps(model, inp["x_t"], t, *args, w_audio)
+    np.testing.assert_allclose(eps_fn(model, inp["x_t"], jnp.int32(i)), want, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(eps_fn(model, inp["x_t"], jnp.int32(0)), eps_fn(model, inp["x_t"], jnp.int32(3)))
 
 
 class RecordingSampler:
@@ -376,7 +393,7 @@ def test_ddim_clip_bounds_a_poor_eps_model():
   """A model whose eps is off at near-zero SNR: unclipped, the error is amplified by 1/sqrt(alpha_bar); clipped, not."""
   d = Diffusion.from_config(CFG.diffusion)
   x_T = jax.random.normal(jax.random.key(0), (2, 8, 69))
-  bad_eps = lambda x, t: 0.5 * x  # half the noise: error ~ 0.5 |x| / sqrt(alpha_bar) at the first step
+  bad_eps = lambda x, t, i: 0.5 * x  # half the noise: error ~ 0.5 |x| / sqrt(alpha_bar) at the first step
   timesteps = np.array([d.num_timesteps - 1, d.num_timesteps // 2, 0], np.int32)
   wild = ddim_sample(bad_eps, d, x_T, jax.random.key(1), timesteps, 0.0)
   tame = ddim_sample(bad_eps, d, x_T, jax.random.key(1), timesteps, 0.0, clip_x0=3.0)

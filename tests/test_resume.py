@@ -12,7 +12,9 @@ import shutil
 import signal
 
 import jax
+import pytest
 
+from playmate_jax.errors import UserError
 from playmate_jax.train import mesh as mesh_lib
 from playmate_jax.train.trainer import Trainer
 from tests.trainutil import assert_trees_close, final_params, launch, tiny_config, wait_for
@@ -35,6 +37,10 @@ def test_checkpoint_resumes_on_another_device_count(tmp_path):
     assert final_params(moved)[1] == 12
     steps_logged = [json.loads(l)["step"] for l in open(moved / "metrics.jsonl")]
     assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == 12
+  # The loader settings its saved iterator state depends on must stay: another one is one sentence with the fix.
+  for key, value, was in (("worker_count", 2, 0), ("windows_per_clip", 2, 1)):
+    with pytest.raises(UserError, match=f"config.data.{key}={was}"):
+      Trainer(tiny_config(**{f"data.{key}": value}), str(tmp_path / "straight8"))
 
 
 def test_sigkill_resume_is_exact(tmp_path):

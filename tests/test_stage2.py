@@ -26,8 +26,8 @@ from playmate_jax import configlib, motion
 from playmate_jax.data import demo, pipeline
 from playmate_jax.data import stats as stats_lib
 from playmate_jax.errors import UserError
-from playmate_jax.generator import (EMOTION_PARAMS, NULL_EMOTION, Diffusion, MotionDiT, count_params, guided_eps,
-                                    training_loss)
+from playmate_jax.generator import (EMOTION_PARAMS, NULL_EMOTION, Diffusion, MotionDiT, count_params, ddim_timesteps,
+                                    guided_eps, training_loss, window_eps_fn)
 from playmate_jax.train import checkpoint as ckpt_lib
 from playmate_jax.train import mesh as mesh_lib
 from playmate_jax.train import state as state_lib
@@ -116,6 +116,19 @@ def test_three_way_guidance_in_one_call():
   jax.eval_shape(lambda: guided_eps(counting, inp["x_t"], inp["t"], inp["audio"], inp["prev"], inp["identity"], 1.5,
                                     emotion, 2.0))
   assert counting.batches == [3 * b]      # one model call on the tripled batch
+
+
+def test_window_eps_fn_three_way_equals_guided_eps():
+  """The sampler's per-step eps with everything but the blocks computed before the DDIM loop is guided_eps's."""
+  model = nnx.merge(nnx.graphdef(make_model(2)), perturbed_params(make_model(2)))
+  inp = inputs()
+  args, emotion = (inp["audio"], inp["prev"], inp["identity"]), jnp.array([4, 0, 6])
+  timesteps = ddim_timesteps(CFG.diffusion.num_timesteps, CFG.sample.ddim_steps)
+  eps_fn = nnx.jit(lambda m, x, i: window_eps_fn(m, *args, timesteps, 1.5, emotion, 2.0)(x, None, i))
+  for i in (0, 2):
+    t = jnp.full((3,), timesteps[i], jnp.int32)
+    np.testing.assert_allclose(eps_fn(model, inp["x_t"], jnp.int32(i)),
+                               guided_eps(model, inp["x_t"], t, *args, 1.5, emotion, 2.0), rtol=1e-5, atol=1e-5)
 
 
 def test_training_loss_drops_emotion_to_null():

@@ -19,12 +19,11 @@ import tensorflow_datasets as tfds
 
 from playmate_jax.data import stats as stats_lib
 from playmate_jax.errors import UserError
-from playmate_jax.motion import NUM_KP
+from playmate_jax.motion import MOTION_KEYS, NUM_KP  # noqa: F401  (MOTION_KEYS re-exported)
 
 NAME = "playmate_clips"
 VERSION = "1.0.0"
 CLIPS_FILE = "clips.json"
-MOTION_KEYS = ("exp", "pitch", "yaw", "roll", "t", "scale", "kp")
 # TFDS writes ArrayRecord with the library's default zstd:3. The clips (int16 speech, float features) barely shrink
 # with it, and decompressing them was the largest part of reading a training window (BENCHMARKS.md, the loader
 # rows): the shards are rewritten uncompressed (same records, same order).

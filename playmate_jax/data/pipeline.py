@@ -2,7 +2,7 @@
 
 Training (per process): this process's share of the clips (record i goes to process i % process_count),
 shuffled anew each epoch, repeated forever; each element is one random window of L frames of one clip
-(one window per clip per epoch), normalized; batched. Clips shorter than L frames are skipped (the batch
+(config.data.windows_per_clip windows per clip per epoch, in the same batch), normalized; batched. Clips shorter than L frames are skipped (the batch
 has no padding mask); `load_dataset_info` reports how many. Deterministic from config.data.shuffle_seed
 for a given process_count; the iterator's get_state()/set_state() (JSON-serialisable dicts) resume exactly,
 and grain.checkpoint.CheckpointSave/CheckpointRestore save it with Orbax.
@@ -148,36 +148,48 @@ def source_vector(stats: stats_lib.DatasetStats, frame: np.ndarray, speaker: str
 
 @dataclasses.dataclass(frozen=True)
 class RandomWindow(grain.transforms.RandomMap):
-  """One random training window of a decoded clip (window start and source frame uniform); see the module
-  docstring for source_expression and start_prob."""
+  """Random training windows of a decoded clip (window start and source frame uniform); see the module docstring
+  for source_expression and start_prob. count = 1: one window, arrays as in a batch without its batch axis;
+  count > 1: `count` independent windows of the clip, each array with a leading axis of that size."""
   stats: stats_lib.DatasetStats
   window: int
   prev_frames: int
   audio_context: int
   source_expression: str = "clip"
   start_prob: float = 0.0
+  count: int = 1
 
   def random_map(self, ex: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    n, L, K, c = int(ex["num_frames"]), self.window, self.prev_frames, self.audio_context
+    n, L, K, c, k = int(ex["num_frames"]), self.window, self.prev_frames, self.audio_context, self.count
     speaker = ex["speaker_id"].decode()
-    start, src = int(rng.integers(0, n - L + 1)), int(rng.integers(0, n))
-    as_start = self.start_prob > 0 and rng.random() < self.start_prob
+    starts, srcs, rows = np.zeros(k, int), np.zeros(k, int), np.zeros((k, K + L), int)
+    for j in range(k):
+      starts[j], srcs[j] = int(rng.integers(0, n - L + 1)), int(rng.integers(0, n))
+      rows[j] = np.arange(starts[j] - K, starts[j] + L)
+      if self.start_prob > 0 and rng.random() < self.start_prob:
+        rows[j, :K] = -1
     m = ex["motion"]
-    rows = np.arange(start - K, start + L)
-    if as_start:
-      rows[:K] = -1
-    # The window's K + L frames and, last, the source frame, read in one go. Frames before the clip start (or of a
-    # window treated as one) are the source, as at inference.
-    v = _motion_rows(m, np.append(np.maximum(rows, 0), src))
-    source = source_vector(self.stats, v[-1], speaker, self.source_expression)
-    v[np.append(rows < 0, True)] = source
-    v = self.stats.normalize_motion(v, speaker)
-    audio = np.zeros((L + 2 * c, self.stats.audio_mean.shape[0]), np.float32)
-    lo, hi = max(start - c, 0), min(start + L + c, n)
-    audio[lo - (start - c):hi - (start - c)] = self.stats.normalize_audio(ex["audio"]["features"][lo:hi])
-    identity = stats_lib.identity_vector(v[-1], m["kp"][src])
-    return dict(motion=v[K:K + L], prev_motion=v[:K], audio=audio, identity=identity,
-                emotion=np.int32(ex["emotion"]))
+    # Every window's K + L frames and, last, the source frames, read in one go. Frames before the clip start (or of
+    # a window treated as one) are the source, as at inference.
+    v = _motion_rows(m, np.append(np.maximum(rows, 0).ravel(), srcs))
+    sources = np.stack([source_vector(self.stats, f, speaker, self.source_expression) for f in v[k * (K + L):]])
+    frames = np.where(rows[..., None] < 0, sources[:, None], v[:k * (K + L)].reshape(k, K + L, MOTION_DIM))
+    frames = self.stats.normalize_motion(frames.reshape(-1, MOTION_DIM), speaker).reshape(k, K + L, MOTION_DIM)
+    sources = self.stats.normalize_motion(sources, speaker)
+    audio = np.zeros((k, L + 2 * c, self.stats.audio_mean.shape[0]), np.float32)
+    features = ex["audio"]["features"]
+    for j, start in enumerate(starts):
+      lo, hi = max(start - c, 0), min(start + L + c, n)
+      audio[j, lo - (start - c):hi - (start - c)] = self.stats.normalize_audio(features[lo:hi])
+    identity = np.stack([stats_lib.identity_vector(s, m["kp"][i]) for s, i in zip(sources, srcs)])
+    out = dict(motion=frames[:, K:], prev_motion=frames[:, :K], audio=audio, identity=identity,
+               emotion=np.full(k, ex["emotion"], np.int32))
+    return {name: a[0] for name, a in out.items()} if k == 1 else out
+
+
+def _merge_windows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """[B/k, k, ...] (k windows of each of B/k clips) -> [B, ...]."""
+  return {name: a.reshape(a.shape[0] * a.shape[1], *a.shape[2:]) for name, a in batch.items()}
 
 
 def batch_spec(config: ml_collections.ConfigDict, feature_dim: int,
@@ -201,6 +213,10 @@ def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 
   if d.batch_size % process_count:
     raise UserError(f"config.data.batch_size ({d.batch_size}) must be divisible by the number of processes "
                     f"({process_count}); change config.data.batch_size.")
+  per_clip = int(d.get("windows_per_clip", 1))    # .get: configs saved before the setting existed mean 1
+  if per_clip < 1 or (d.batch_size // process_count) % per_clip:
+    raise UserError(f"config.data.windows_per_clip={per_clip} must be >= 1 and divide the per-process batch "
+                    f"({d.batch_size // process_count}); change config.data.windows_per_clip.")
   if d.window < 1 or d.prev_frames < 0 or d.audio_context < 0:
     raise UserError("config.data.window must be >= 1 and config.data.prev_frames, config.data.audio_context "
                     ">= 0; fix them in the config.")
@@ -213,12 +229,14 @@ def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 
   records = _Records(ds.source(d.train_split), usable[process_index::process_count])
   seed = int(np.random.SeedSequence([d.shuffle_seed, process_index]).generate_state(1)[0])
   mode, start_prob = source_settings(config)
-  sampler = RandomWindow(ds.stats, d.window, d.prev_frames, d.audio_context, mode, start_prob)
+  sampler = RandomWindow(ds.stats, d.window, d.prev_frames, d.audio_context, mode, start_prob, per_clip)
   pipeline = grain.MapDataset.source(records).seed(seed).shuffle().repeat().random_map(sampler)
   # Grain's element prefetch scans its whole ready buffer on every element (grain 0.2.18), so its default 500-deep
   # buffer and 16 threads slow the loader (BENCHMARKS.md, the loader rows): both are config settings.
   read = grain.ReadOptions(num_threads=d.read_threads, prefetch_buffer_size=d.read_buffer)
-  pipeline = pipeline.to_iter_dataset(read).batch(d.batch_size // process_count, drop_remainder=True)
+  pipeline = pipeline.to_iter_dataset(read).batch(d.batch_size // process_count // per_clip, drop_remainder=True)
+  if per_clip > 1:
+    pipeline = pipeline.map(_merge_windows)
   if d.worker_count > 0:
     if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags (defaults unless an app parsed them)
       flags.FLAGS.mark_as_parsed()

@@ -158,7 +158,11 @@ class ConformerBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, c: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
     """x: float32 residual stream [B, N, D]; c: silu(conditioning) [B, D] float32."""
-    mods = jnp.split(self.ada(c), 9, axis=-1)
+    return self.modulated(x, self.ada(c), dropout_key)
+
+  def modulated(self, x: jax.Array, ada: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    """The block given its adaLN projection ada = self.ada(c) [B, 9 D] (shift, scale, gate per sub-layer)."""
+    mods = jnp.split(ada, 9, axis=-1)
     keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
     for i, layer in enumerate((self.attn, self.conv, self.ffn)):
       shift, scale, gate = mods[3 * i:3 * i + 3]
@@ -274,23 +278,51 @@ class MotionDiT(nnx.Module):
     a = self.audio_proj(jax.nn.silu(self.audio_conv(audio.astype(self.dtype))))
     return jnp.where(audio_keep[:, None, None], a, self.audio_null[...].astype(a.dtype))
 
+  def condition_tokens(self, audio: jax.Array, audio_keep: jax.Array, prev: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """What the trunk reads of the audio and the previous motion, neither of which depends on x_t or t: the K
+    previous-motion tokens [B, K, dim] float32 (segment and position embeddings added) and the audio embedding of
+    the L current frames [B, L, dim] in the compute dtype. The sampler computes them once per window."""
+    k, l = prev.shape[1], audio.shape[1] - 2 * self.audio_context
+    pos = sinusoidal_embedding(jnp.arange(k + l), self.dim)
+    prev_tokens = self.prev_in(prev.astype(self.dtype)).astype(jnp.float32) + self.segment[...][0] + pos[:k]
+    return prev_tokens, self.embed_audio(audio, audio_keep)
+
+  def modulations(self, cond: jax.Array) -> jax.Array:
+    """Every block's adaLN projection and the final norm's, from the conditioning vector [B, dim]: [B, (9 depth + 2)
+    dim] float32, in block order. They depend on the timestep and identity alone: the sampler computes them for all
+    its DDIM steps before its loop (`trunk_modulated`)."""
+    c = jax.nn.silu(cond)
+    return jnp.concatenate([block.ada(c) for block in self.blocks] + [self.final_ada(c)], axis=-1)
+
+  def _tokens(self, x_t: jax.Array, prev_tokens: jax.Array, audio_embedding: jax.Array) -> jax.Array:
+    k, l = prev_tokens.shape[1], x_t.shape[1]
+    if audio_embedding.shape[1] != l:
+      raise ValueError(f"audio has {audio_embedding.shape[1] + 2 * self.audio_context} frames; expected L + 2c = "
+                       f"{l + 2 * self.audio_context}.")
+    pos = sinusoidal_embedding(jnp.arange(k + l), self.dim)
+    cur = self.motion_in(x_t.astype(self.dtype)) + audio_embedding
+    return jnp.concatenate([prev_tokens, cur.astype(jnp.float32) + self.segment[...][1] + pos[k:]], axis=1)
+
   def trunk(self, x_t: jax.Array, t: jax.Array, audio: jax.Array, audio_keep: jax.Array, prev: jax.Array,
             identity: jax.Array, *, dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Features of the L current tokens [B, L, dim] (after the modulated final norm) and the conditioning."""
-    k, l = prev.shape[1], x_t.shape[1]
-    if audio.shape[1] != l + 2 * self.audio_context:
-      raise ValueError(f"audio has {audio.shape[1]} frames; expected L + 2c = {l + 2 * self.audio_context}.")
-    seg = self.segment[...]
-    cur = self.motion_in(x_t.astype(self.dtype)) + self.embed_audio(audio, audio_keep)
-    x = jnp.concatenate([self.prev_in(prev.astype(self.dtype)).astype(jnp.float32) + seg[0],
-                         cur.astype(jnp.float32) + seg[1]], axis=1)
-    x = x + sinusoidal_embedding(jnp.arange(k + l), self.dim)[None]
+    k = prev.shape[1]
+    x = self._tokens(x_t, *self.condition_tokens(audio, audio_keep, prev))
     cond = self.condition(t, identity)
     c = jax.nn.silu(cond)
     for i, block in enumerate(self.blocks):
       x = block(x, c, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
     shift, scale = jnp.split(self.final_ada(c), 2, axis=-1)
     return modulate(layer_norm(x[:, k:]), shift, scale), cond
+
+  def trunk_modulated(self, x_t: jax.Array, tokens: tuple[jax.Array, jax.Array], mods: jax.Array) -> jax.Array:
+    """`trunk`'s features (no dropout) from precomputed tokens = condition_tokens(...) and mods = modulations(cond)."""
+    x = self._tokens(x_t, *tokens)
+    width = 9 * self.dim
+    for i, block in enumerate(self.blocks):
+      x = block.modulated(x, mods[:, i * width:(i + 1) * width])
+    shift, scale = jnp.split(mods[:, len(self.blocks) * width:], 2, axis=-1)
+    return modulate(layer_norm(x[:, tokens[0].shape[1]:]), shift, scale)
 
   def heads(self, h_pose: jax.Array, h_exp: jax.Array) -> jax.Array:
     """Pose-MLP(h_pose) and Exp-MLP(h_exp) -> [B, L, 69] float32 in motion order [exp, pose]."""
@@ -304,12 +336,23 @@ class MotionDiT(nnx.Module):
     """Noise prediction eps [B, L, 69] float32; emotion [B] int (NULL_EMOTION: none) is read by the emotion
     controller only, None meaning NULL_EMOTION for every sample (a model without a controller ignores it)."""
     h, _ = self.trunk(x_t, t, audio, audio_keep, prev, identity, dropout_key=dropout_key)
+    key = None if dropout_key is None else jax.random.fold_in(dropout_key, len(self.blocks))
+    return self.output(h, emotion, key)
+
+  def predict(self, x_t: jax.Array, tokens: tuple[jax.Array, jax.Array], mods: jax.Array,
+              emotion: jax.Array | None = None) -> jax.Array:
+    """`__call__` (no dropout) from precomputed tokens = condition_tokens(...) and mods = modulations(condition(...)):
+    what the sampler runs at every DDIM step."""
+    return self.output(self.trunk_modulated(x_t, tokens, mods), emotion)
+
+  def output(self, h: jax.Array, emotion: jax.Array | None, dropout_key: jax.Array | None = None) -> jax.Array:
+    """eps [B, L, 69] from the trunk's features: the Pose-MLP reads them, the Exp-MLP them plus the emotion
+    controller's residual (stage 2)."""
     if self.emotion is None:
       return self.heads(h, h)
     if emotion is None:
       emotion = jnp.full((h.shape[0],), NULL_EMOTION, jnp.int32)
-    key = None if dropout_key is None else jax.random.fold_in(dropout_key, len(self.blocks))
-    return self.heads(h, h + self.emotion(h, emotion, key))
+    return self.heads(h, h + self.emotion(h, emotion, dropout_key))
 
 
 def count_params(tree: Any) -> int:

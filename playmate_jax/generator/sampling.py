@@ -13,7 +13,7 @@ from playmate_jax.errors import UserError
 from playmate_jax.generator.diffusion import Diffusion
 from playmate_jax.generator.dit import MOTION_DIM, NULL_EMOTION
 
-EpsFn = Callable[[jax.Array, jax.Array], jax.Array]   # (x_t [B,...], t [B] int32) -> eps
+EpsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]   # (x_t [B,...], t [B] int32, step index) -> eps
 
 
 def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
@@ -33,6 +33,9 @@ def ddim_sample(eps_fn: EpsFn, diffusion: Diffusion, x_T: jax.Array, key: jax.Ar
                 eta: float, clip_x0: float = 0.0) -> jax.Array:
   """DDIM (Song et al. 2021) from x_T through `timesteps` (descending) to the predicted x0; eta=0 deterministic.
 
+  eps_fn(x, t, i) predicts the noise at step i (an int32 scalar), whose timestep t = timesteps[i] it also gets as a
+  [B] vector: the index lets it look up what it computed for every step before the loop.
+
   The last step goes to alpha_bar = 1, so it returns the model's x0 estimate there. With clip_x0 > 0 each step's x0
   estimate is clipped to [-clip_x0, clip_x0] and eps re-derived from it. This matters at the noisiest steps: there
   alpha_bar is tiny (about 2e-9 at the cosine schedule's last step), x0 = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)
@@ -46,7 +49,7 @@ def ddim_sample(eps_fn: EpsFn, diffusion: Diffusion, x_T: jax.Array, key: jax.Ar
   def step(i, x):
     a_t = ab[ts[i]]
     a_next = jnp.where(ts_next[i] >= 0, ab[jnp.maximum(ts_next[i], 0)], 1.0)
-    eps = eps_fn(x, jnp.full((batch,), ts[i], jnp.int32)).astype(jnp.float32)
+    eps = eps_fn(x, jnp.full((batch,), ts[i], jnp.int32), i).astype(jnp.float32)
     x0 = (x - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
     if clip_x0 > 0:
       x0 = jnp.clip(x0, -clip_x0, clip_x0)
@@ -59,6 +62,25 @@ def ddim_sample(eps_fn: EpsFn, diffusion: Diffusion, x_T: jax.Array, key: jax.Ar
   return jax.lax.fori_loop(0, len(timesteps), step, x_T.astype(jnp.float32))
 
 
+def _guidance_batch(b: int, n: int, emotion: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+  """The stacked batch's audio_keep [n b] and emotions [n b] (None without emotion): n = 3 terms (a, e), (a, 0),
+  (0, 0); n = 2: (a), (0); n = 1: the conditional model alone."""
+  keep = jnp.repeat(jnp.arange(n) < max(n - 1, 1), b)    # audio kept in every term but the last (n > 1)
+  if emotion is None:
+    return keep, None
+  emotion = emotion.astype(jnp.int32)
+  null = jnp.full((b,), NULL_EMOTION, jnp.int32)
+  return keep, jnp.concatenate([emotion] + [null] * (n - 1)) if n > 1 else emotion
+
+
+def _combine(eps: jax.Array, w_audio: jax.Array | None, w_emotion: jax.Array | None) -> jax.Array:
+  """The guided eps from the n stacked terms eps [n, B, ...] (see _guidance_batch)."""
+  if eps.shape[0] == 1:
+    return eps[0]
+  guided = eps[-1] + w_audio * (eps[-2] - eps[-1])
+  return guided if eps.shape[0] == 2 else guided + w_emotion * (eps[0] - eps[1])
+
+
 def guided_eps(model: Any, x: jax.Array, t: jax.Array, audio: jax.Array, prev: jax.Array, identity: jax.Array,
                w_audio: jax.Array, emotion: jax.Array | None = None, w_emotion: jax.Array | None = None) -> jax.Array:
   """Classifier-free guidance, all terms from one model call on the stacked batch.
@@ -66,15 +88,35 @@ def guided_eps(model: Any, x: jax.Array, t: jax.Array, audio: jax.Array, prev: j
   Without emotion: eps(0) + w_a [eps(a) - eps(0)] (doubled batch). With emotion [B] int (stage 2):
   eps(0,0) + w_a [eps(a,0) - eps(0,0)] + w_e [eps(a,e) - eps(a,0)] (tripled batch), 0 the null condition.
   """
-  b = x.shape[0]
   n = 2 if emotion is None else 3
   stack = lambda a: jnp.concatenate([a] * n, axis=0)
-  keep = jnp.repeat(jnp.arange(n) < n - 1, b)      # audio kept in every term but the last
-  null = jnp.full((b,), NULL_EMOTION, jnp.int32)
-  emotions = None if emotion is None else jnp.concatenate([emotion.astype(jnp.int32), null, null])
+  keep, emotions = _guidance_batch(x.shape[0], n, emotion)
   eps = model(stack(x), stack(t), stack(audio), keep, stack(prev), stack(identity), emotions).reshape(n, *x.shape)
-  guided = eps[-1] + w_audio * (eps[-2] - eps[-1])
-  return guided if emotion is None else guided + w_emotion * (eps[0] - eps[1])
+  return _combine(eps, w_audio, w_emotion)
+
+
+def window_eps_fn(model: Any, audio: jax.Array, prev: jax.Array, identity: jax.Array, timesteps: np.ndarray,
+                  w_audio: jax.Array | None, emotion: jax.Array | None = None,
+                  w_emotion: jax.Array | None = None) -> EpsFn:
+  """ddim_sample's eps_fn for one window: guided_eps (w_audio None: the conditional model alone) at each of
+  `timesteps`, with what does not depend on x computed here, once: the window's audio and previous-motion tokens,
+  and the adaLN modulations of every step (they depend on the timestep and identity alone). The DDIM loop then runs
+  only the blocks themselves (MotionDiT.predict).
+  """
+  b, steps = audio.shape[0], len(timesteps)
+  n = 1 if w_audio is None else 2 if emotion is None else 3
+  stack = lambda a: jnp.concatenate([a] * n, axis=0)
+  keep, emotions = _guidance_batch(b, n, emotion)
+  tokens = model.condition_tokens(stack(audio), keep, stack(prev))
+  t_all = jnp.repeat(jnp.asarray(timesteps, jnp.int32), b)                       # [steps * B], step-major
+  mods = model.modulations(model.condition(t_all, jnp.tile(identity, (steps, 1)))).reshape(steps, b, -1)
+
+  def eps_fn(x, t, i):
+    del t   # mods[i] holds it
+    eps = model.predict(stack(x), tokens, stack(mods[i]), emotions).reshape(n, *x.shape)
+    return _combine(eps, w_audio, w_emotion)
+
+  return eps_fn
 
 
 def sample_window(model: Any, diffusion: Diffusion, audio: jax.Array, prev: jax.Array, identity: jax.Array,
@@ -88,11 +130,7 @@ def sample_window(model: Any, diffusion: Diffusion, audio: jax.Array, prev: jax.
   b, l = audio.shape[0], audio.shape[1] - 2 * model.audio_context
   k_init, k_steps = jax.random.split(key)
   x_T = jax.random.normal(k_init, (b, l, MOTION_DIM), jnp.float32)
-  if w_audio is None:
-    keep = jnp.ones((b,), bool)
-    eps_fn = lambda x, t: model(x, t, audio, keep, prev, identity, emotion)
-  else:
-    eps_fn = lambda x, t: guided_eps(model, x, t, audio, prev, identity, w_audio, emotion, w_emotion)
+  eps_fn = window_eps_fn(model, audio, prev, identity, timesteps, w_audio, emotion, w_emotion)
   return ddim_sample(eps_fn, diffusion, x_T, k_steps, timesteps, eta, clip_x0)
 
 

@@ -13,11 +13,13 @@ from playmate_jax.motion.pose import NUM_BINS, bins_to_degrees, matrix_to_degree
 from playmate_jax.motion.vector import (EXP_DIM, IDENTITY_DIM, MOTION_DIM, POSE_DIM, STD_FLOOR, MotionStats,
                                         denormalize_motion, normalize_motion, pack_motion, unpack_motion)
 
+# A clip's per-frame motion fields, as the dataset stores them and the renderer's motion extractor returns them.
+MOTION_KEYS = ("exp", "pitch", "yaw", "roll", "t", "scale", "kp")
 EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
 
 __all__ = [
     "NUM_KP", "NUM_BINS", "EXP_DIM", "POSE_DIM", "MOTION_DIM", "IDENTITY_DIM", "STD_FLOOR", "LIP_KP", "UPPER_LIP_KP",
-    "LOWER_LIP_KP", "EMOTIONS", "bins_to_degrees", "rotation_matrix", "matrix_to_degrees", "as_keypoints",
+    "LOWER_LIP_KP", "EMOTIONS", "MOTION_KEYS", "bins_to_degrees", "rotation_matrix", "matrix_to_degrees", "as_keypoints",
     "transform_keypoints", "transform_keypoints_with_matrix", "relative_motion", "mouth_opening", "eye_opening",
     "pack_motion", "unpack_motion", "MotionStats", "normalize_motion", "denormalize_motion",
 ]

@@ -12,7 +12,6 @@ import logging
 import os
 from typing import Any, Callable, NamedTuple, TypeVar
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -41,6 +40,7 @@ class Checkpointer:
   """Saves and restores {'state', 'data', 'config'} under `workdir/checkpoints/<step>`."""
 
   def __init__(self, workdir: str, keep: int):
+    import grain   # here, not at the top: restore_run (sampling, animation) needs no Grain
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler()}
@@ -50,6 +50,7 @@ class Checkpointer:
         item_handlers=handlers)
 
   def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict) -> None:
+    import grain
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               config=ocp.args.JsonSave(json.loads(configlib.to_json(config))),
                               data=grain.checkpoint.CheckpointSave(data_iterator))
@@ -57,6 +58,8 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state, data_iterator) -> tuple[int, Any] | None:
     """(step, state) of the newest readable checkpoint, the iterator restored in place; None if there is none."""
+    import grain
+
     def load(candidate: str):
       step = int(os.path.basename(candidate))
       args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),

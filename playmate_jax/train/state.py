@@ -18,6 +18,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from playmate_jax.generator.factory import model_graphdef  # noqa: F401  (re-exported)
 from playmate_jax.train import mesh as mesh_lib
 
 TrainState = dict[str, Any]
@@ -66,11 +67,6 @@ def _initializer(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientT
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
             "ema_params": params, **extra}
   return init
-
-
-def model_graphdef(model_fn: Callable[[nnx.Rngs], nnx.Module]) -> nnx.GraphDef:
-  """The module's static structure, built without allocating parameters."""
-  return nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
 
 
 def create_train_state(model_fn, tx, key: jax.Array, mesh, trainable: tuple[str, ...] | None = None,

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from playmate_jax import configlib, data, generator
 from playmate_jax.errors import UserError
+from playmate_jax.generator.factory import model_factory, window_sampler  # noqa: F401  (re-exported)
 from playmate_jax.train import checkpoint as ckpt_lib
 from playmate_jax.train import evaluate as eval_lib
 from playmate_jax.train import mesh as mesh_lib
@@ -57,20 +58,6 @@ def check_stage(config: ml_collections.ConfigDict) -> None:
 def trainable_params(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
   """The top-level parameter groups the config trains: all (None) in stage 1, the emotion controller in stage 2."""
   return (generator.EMOTION_PARAMS,) if config.stage == 2 else None
-
-
-def model_factory(config: ml_collections.ConfigDict, audio_dim: int):
-  """rngs -> MotionDiT for this config and audio feature size (with the emotion controller in stage 2)."""
-  depth = config.emotion.depth if config.stage == 2 else 0
-  return lambda rngs: generator.MotionDiT(
-      config.model, audio_dim=audio_dim, audio_context=config.data.audio_context, emotion_depth=depth, rngs=rngs)
-
-
-def window_sampler(config: ml_collections.ConfigDict, audio_dim: int) -> generator.WindowSampler:
-  """The jitted DDIM + guidance sampler of this config's model (params are an argument of each call): what
-  sampling, animation, evaluation and the sample benchmark use."""
-  graphdef = state_lib.model_graphdef(model_factory(config, audio_dim))
-  return generator.make_window_sampler(graphdef, generator.Diffusion.from_config(config.diffusion), config)
 
 
 class Components(NamedTuple):
@@ -125,6 +112,26 @@ def _check_workdir_stage(workdir: str, stage: int) -> None:
                       "--workdir (stage 2 reads stage 1 through --config.init_from).")
 
 
+# Settings a resumed run must keep: Grain's saved iterator state only restores under the same worker count (another
+# count fails inside Grain), and the windows per clip decide what its indices mean.
+RESUME_SETTINGS = ("worker_count", "windows_per_clip")
+
+
+def _check_resume_settings(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a run whose checkpoints were written under other RESUME_SETTINGS, naming the fix."""
+  path, checkpoints = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
+  if not (os.path.isfile(path) and os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))):
+    return
+  with open(path) as f:
+    previous = json.load(f).get("data", {})
+  for key in RESUME_SETTINGS:
+    was, now = previous.get(key, 1 if key == "windows_per_clip" else None), config.data.get(key, 1)
+    if was is not None and was != now:
+      raise UserError(f"Workdir {workdir} holds checkpoints written with config.data.{key}={was}, and the data "
+                      f"iterator's saved state depends on it; resume with --config.data.{key}={was} (or start "
+                      "a new --workdir).")
+
+
 def to_host(tree):
   """A replicated global pytree -> numpy on this host (evaluation runs per process, on local devices)."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
@@ -147,6 +154,7 @@ class Trainer:
     configlib.validate(config, num_devices=self.mesh.size, process_count=jax.process_count())
     self.is_main = jax.process_index() == 0
     _check_workdir_stage(self.workdir, config.stage)
+    _check_resume_settings(self.workdir, config)
     os.makedirs(self.workdir, exist_ok=True)
 
     info = data.load_dataset_info(config)
