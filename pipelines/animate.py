@@ -112,9 +112,7 @@ def animate(args: argparse.Namespace) -> dict:
       portrait = anim.load_portrait(renderer, args.image, crop=not args.no_crop)
     with watch("model"):   # what is left of the restore and warm-up when the portrait is ready
       model = model_job.result()
-    if label is not None and model.stage != 2:
-      raise UserError(f"Checkpoint {model.workdir} is a stage-{model.stage} model, which has no emotion control; "
-                      "drop --emotion or pass a stage-2 checkpoint (trained with configs/stage2.py).")
+    model.check_emotion(label)
     render_job = pool.submit(anim.warm_up_render, renderer, portrait, args.batch_size, not args.no_stitching)
     with watch("motion"):
       motion = model.generate(wave, portrait.motion, seed=args.seed, w_audio=args.w_audio, emotion=label,

@@ -79,6 +79,12 @@ class MotionModel:
   def stage(self) -> int:
     return int(self.config.stage)
 
+  def check_emotion(self, emotion: int | None) -> None:
+    """UserError unless this model takes `emotion`: None always, a label only a stage-2 model."""
+    if emotion is not None and self.stage != 2:
+      raise UserError(f"Checkpoint {self.workdir} is a stage-{self.stage} model, which has no emotion control; "
+                      "drop the emotion (--emotion) or pass a stage-2 checkpoint (trained with configs/stage2.py).")
+
   def warm_up(self, emotion: bool = False) -> None:
     """Traces the sampler and loads (or compiles) its program by sampling one window of silence, so that
     `generate` then runs at once; `emotion` says whether the real call will pass one (another program).
@@ -101,9 +107,7 @@ class MotionModel:
     """Motion fields [T, ...] (T = 25 fps frames of the 16 kHz waveform) for one source frame of motion (keys
     MOTION_KEYS, one frame). `emotion` (a label) needs a stage-2 model and guides by three-way CFG."""
     from playmate_jax import data, generator, motion
-    if emotion is not None and self.stage != 2:
-      raise UserError(f"Checkpoint {self.workdir} is a stage-{self.stage} model, which has no emotion control; "
-                      "drop the emotion or pass a stage-2 checkpoint (trained with configs/stage2.py).")
+    self.check_emotion(emotion)
     if w_emotion is not None and emotion is None:
       raise UserError("An emotion guidance weight has no effect without an emotion; name one or drop the weight.")
     features = self.stats.normalize_audio(self.encoder.encode(np.asarray(waveform, np.float32)))

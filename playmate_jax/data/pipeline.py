@@ -1,9 +1,9 @@
 """Grain input pipelines over `playmate_clips`: training windows and evaluation clips.
 
 Training (per process): this process's share of the clips (record i goes to process i % process_count),
-shuffled anew each epoch, repeated forever; each element is one random window of L frames of one clip
-(config.data.windows_per_clip windows per clip per epoch, in the same batch), normalized; batched. Clips shorter than L frames are skipped (the batch
-has no padding mask); `load_dataset_info` reports how many. Deterministic from config.data.shuffle_seed
+shuffled anew each epoch, repeated forever; each read of a clip gives config.data.windows_per_clip random
+windows of L frames, side by side in the batch, normalized; batched. Clips shorter than L frames are skipped (the
+batch has no padding mask); `load_dataset_info` reports how many. Deterministic from config.data.shuffle_seed
 for a given process_count; the iterator's get_state()/set_state() (JSON-serialisable dicts) resume exactly,
 and grain.checkpoint.CheckpointSave/CheckpointRestore save it with Orbax.
 

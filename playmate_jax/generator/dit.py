@@ -282,47 +282,38 @@ class MotionDiT(nnx.Module):
     """What the trunk reads of the audio and the previous motion, neither of which depends on x_t or t: the K
     previous-motion tokens [B, K, dim] float32 (segment and position embeddings added) and the audio embedding of
     the L current frames [B, L, dim] in the compute dtype. The sampler computes them once per window."""
-    k, l = prev.shape[1], audio.shape[1] - 2 * self.audio_context
-    pos = sinusoidal_embedding(jnp.arange(k + l), self.dim)
-    prev_tokens = self.prev_in(prev.astype(self.dtype)).astype(jnp.float32) + self.segment[...][0] + pos[:k]
-    return prev_tokens, self.embed_audio(audio, audio_keep)
+    k = prev.shape[1]
+    prev_tokens = self.prev_in(prev.astype(self.dtype)).astype(jnp.float32) + self.segment[...][0]
+    return prev_tokens + sinusoidal_embedding(jnp.arange(k), self.dim), self.embed_audio(audio, audio_keep)
 
-  def modulations(self, cond: jax.Array) -> jax.Array:
-    """Every block's adaLN projection and the final norm's, from the conditioning vector [B, dim]: [B, (9 depth + 2)
-    dim] float32, in block order. They depend on the timestep and identity alone: the sampler computes them for all
+  def modulations(self, cond: jax.Array) -> tuple[jax.Array, ...]:
+    """Every block's adaLN projection [B, 9 dim] and, last, the final norm's [B, 2 dim] (float32), from the
+    conditioning vector [B, dim]. They depend on the timestep and identity alone: the sampler computes them for all
     its DDIM steps before its loop (`trunk_modulated`)."""
     c = jax.nn.silu(cond)
-    return jnp.concatenate([block.ada(c) for block in self.blocks] + [self.final_ada(c)], axis=-1)
-
-  def _tokens(self, x_t: jax.Array, prev_tokens: jax.Array, audio_embedding: jax.Array) -> jax.Array:
-    k, l = prev_tokens.shape[1], x_t.shape[1]
-    if audio_embedding.shape[1] != l:
-      raise ValueError(f"audio has {audio_embedding.shape[1] + 2 * self.audio_context} frames; expected L + 2c = "
-                       f"{l + 2 * self.audio_context}.")
-    pos = sinusoidal_embedding(jnp.arange(k + l), self.dim)
-    cur = self.motion_in(x_t.astype(self.dtype)) + audio_embedding
-    return jnp.concatenate([prev_tokens, cur.astype(jnp.float32) + self.segment[...][1] + pos[k:]], axis=1)
+    return tuple(block.ada(c) for block in self.blocks) + (self.final_ada(c),)
 
   def trunk(self, x_t: jax.Array, t: jax.Array, audio: jax.Array, audio_keep: jax.Array, prev: jax.Array,
             identity: jax.Array, *, dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Features of the L current tokens [B, L, dim] (after the modulated final norm) and the conditioning."""
-    k = prev.shape[1]
-    x = self._tokens(x_t, *self.condition_tokens(audio, audio_keep, prev))
     cond = self.condition(t, identity)
-    c = jax.nn.silu(cond)
-    for i, block in enumerate(self.blocks):
-      x = block(x, c, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
-    shift, scale = jnp.split(self.final_ada(c), 2, axis=-1)
-    return modulate(layer_norm(x[:, k:]), shift, scale), cond
+    tokens = self.condition_tokens(audio, audio_keep, prev)
+    return self.trunk_modulated(x_t, tokens, self.modulations(cond), dropout_key=dropout_key), cond
 
-  def trunk_modulated(self, x_t: jax.Array, tokens: tuple[jax.Array, jax.Array], mods: jax.Array) -> jax.Array:
-    """`trunk`'s features (no dropout) from precomputed tokens = condition_tokens(...) and mods = modulations(cond)."""
-    x = self._tokens(x_t, *tokens)
-    width = 9 * self.dim
+  def trunk_modulated(self, x_t: jax.Array, tokens: tuple[jax.Array, jax.Array], mods: tuple[jax.Array, ...], *,
+                      dropout_key: jax.Array | None = None) -> jax.Array:
+    """`trunk`'s features from precomputed tokens = condition_tokens(...) and mods = modulations(cond)."""
+    prev_tokens, audio_embedding = tokens
+    k, l = prev_tokens.shape[1], x_t.shape[1]
+    if audio_embedding.shape[1] != l:
+      raise ValueError(f"audio has {audio_embedding.shape[1] + 2 * self.audio_context} frames; expected L + 2c = "
+                       f"{l + 2 * self.audio_context}.")
+    cur = (self.motion_in(x_t.astype(self.dtype)) + audio_embedding).astype(jnp.float32) + self.segment[...][1]
+    x = jnp.concatenate([prev_tokens, cur + sinusoidal_embedding(jnp.arange(k, k + l), self.dim)], axis=1)
     for i, block in enumerate(self.blocks):
-      x = block.modulated(x, mods[:, i * width:(i + 1) * width])
-    shift, scale = jnp.split(mods[:, len(self.blocks) * width:], 2, axis=-1)
-    return modulate(layer_norm(x[:, tokens[0].shape[1]:]), shift, scale)
+      x = block.modulated(x, mods[i], None if dropout_key is None else jax.random.fold_in(dropout_key, i))
+    shift, scale = jnp.split(mods[-1], 2, axis=-1)
+    return modulate(layer_norm(x[:, k:]), shift, scale)
 
   def heads(self, h_pose: jax.Array, h_exp: jax.Array) -> jax.Array:
     """Pose-MLP(h_pose) and Exp-MLP(h_exp) -> [B, L, 69] float32 in motion order [exp, pose]."""
@@ -339,7 +330,7 @@ class MotionDiT(nnx.Module):
     key = None if dropout_key is None else jax.random.fold_in(dropout_key, len(self.blocks))
     return self.output(h, emotion, key)
 
-  def predict(self, x_t: jax.Array, tokens: tuple[jax.Array, jax.Array], mods: jax.Array,
+  def predict(self, x_t: jax.Array, tokens: tuple[jax.Array, jax.Array], mods: tuple[jax.Array, ...],
               emotion: jax.Array | None = None) -> jax.Array:
     """`__call__` (no dropout) from precomputed tokens = condition_tokens(...) and mods = modulations(condition(...)):
     what the sampler runs at every DDIM step."""

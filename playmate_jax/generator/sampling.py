@@ -109,11 +109,11 @@ def window_eps_fn(model: Any, audio: jax.Array, prev: jax.Array, identity: jax.A
   keep, emotions = _guidance_batch(b, n, emotion)
   tokens = model.condition_tokens(stack(audio), keep, stack(prev))
   t_all = jnp.repeat(jnp.asarray(timesteps, jnp.int32), b)                       # [steps * B], step-major
-  mods = model.modulations(model.condition(t_all, jnp.tile(identity, (steps, 1)))).reshape(steps, b, -1)
+  mods = [m.reshape(steps, b, -1) for m in model.modulations(model.condition(t_all, jnp.tile(identity, (steps, 1))))]
 
   def eps_fn(x, t, i):
-    del t   # mods[i] holds it
-    eps = model.predict(stack(x), tokens, stack(mods[i]), emotions).reshape(n, *x.shape)
+    del t   # mods[.][i] holds it
+    eps = model.predict(stack(x), tokens, tuple(stack(m[i]) for m in mods), emotions).reshape(n, *x.shape)
     return _combine(eps, w_audio, w_emotion)
 
   return eps_fn

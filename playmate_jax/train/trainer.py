@@ -112,9 +112,10 @@ def _check_workdir_stage(workdir: str, stage: int) -> None:
                       "--workdir (stage 2 reads stage 1 through --config.init_from).")
 
 
-# Settings a resumed run must keep: Grain's saved iterator state only restores under the same worker count (another
-# count fails inside Grain), and the windows per clip decide what its indices mean.
-RESUME_SETTINGS = ("worker_count", "windows_per_clip")
+# Settings a resumed run must keep, with the value a config saved before the setting existed means: Grain's saved
+# iterator state only restores under the same worker count (another count fails inside Grain), and the windows per
+# clip decide what its indices mean.
+RESUME_SETTINGS = {"worker_count": None, "windows_per_clip": 1}
 
 
 def _check_resume_settings(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -124,8 +125,8 @@ def _check_resume_settings(workdir: str, config: ml_collections.ConfigDict) -> N
     return
   with open(path) as f:
     previous = json.load(f).get("data", {})
-  for key in RESUME_SETTINGS:
-    was, now = previous.get(key, 1 if key == "windows_per_clip" else None), config.data.get(key, 1)
+  for key, old_default in RESUME_SETTINGS.items():
+    was, now = previous.get(key, old_default), config.data.get(key, old_default)
     if was is not None and was != now:
       raise UserError(f"Workdir {workdir} holds checkpoints written with config.data.{key}={was}, and the data "
                       f"iterator's saved state depends on it; resume with --config.data.{key}={was} (or start "
