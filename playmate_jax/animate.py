@@ -89,9 +89,9 @@ class MotionModel:
     """Traces the sampler and loads (or compiles) its program by sampling one window of silence, so that
     `generate` then runs at once; `emotion` says whether the real call will pass one (another program).
     `pipelines/animate.py` runs it on a worker thread while the portrait is being prepared."""
-    from playmate_jax import generator, motion
+    from playmate_jax import generator
     silence = np.zeros((self.config.data.window, self.encoder.feature_dim), np.float32)
-    generator.sample_sequence(self.sampler, self.params, silence, np.zeros(motion.IDENTITY_DIM, np.float32),
+    generator.sample_sequence(self.sampler, self.params, silence, np.zeros(motion_lib.IDENTITY_DIM, np.float32),
                               jax.random.key(0), self.config, emotion=0 if emotion else None)
 
   def default_source(self) -> dict[str, np.ndarray]:
@@ -106,20 +106,19 @@ class MotionModel:
                progress: bool = False) -> dict[str, np.ndarray]:
     """Motion fields [T, ...] (T = 25 fps frames of the 16 kHz waveform) for one source frame of motion (keys
     MOTION_KEYS, one frame). `emotion` (a label) needs a stage-2 model and guides by three-way CFG."""
-    from playmate_jax import data, generator, motion
+    from playmate_jax import data, generator
     self.check_emotion(emotion)
     if w_emotion is not None and emotion is None:
       raise UserError("An emotion guidance weight has no effect without an emotion; name one or drop the weight.")
     features = self.stats.normalize_audio(self.encoder.encode(np.asarray(waveform, np.float32)))
     source = one_frame(source)
     source_vec = data.motion_vector({k: v[None] for k, v in source.items()})[0]
-    mstats = self.stats.source_motion_stats(source_vec[motion.EXP_DIM:])
-    identity = data.identity_vector(np.asarray(motion.normalize_motion(source_vec, mstats)), source["kp"])
+    mstats = self.stats.source_motion_stats(source_vec[motion_lib.EXP_DIM:])
+    identity = data.identity_vector(np.asarray(_normalized(source_vec, mstats)), source["kp"])
     out = generator.sample_sequence(self.sampler, self.params, features, identity, jax.random.key(seed),
                                     self.config, w_audio=w_audio, emotion=emotion, w_emotion=w_emotion,
                                     progress=progress)
-    fields = {k: np.asarray(v, np.float32)
-              for k, v in motion.unpack_motion(motion.denormalize_motion(out, mstats)).items()}
+    fields = {k: np.asarray(v, np.float32) for k, v in _fields(out, mstats).items()}
     fields["kp"] = np.broadcast_to(source["kp"], (len(out), 21, 3)).astype(np.float32)
     return fields
 
@@ -188,7 +187,6 @@ def compose(source: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray
   """Per-frame motion to render (exp, rotation [T, 3, 3], t, scale, with pitch/yaw/roll): the generated
   expression with the head pose of `pose` — 'generated', 'fixed' (the portrait's own), or 'driven' by
   `driving` (a driving-pose dict [T], e.g. `video_pose` or `sweep_pose`, composed relative to its first frame)."""
-  from playmate_jax import motion
   n = len(generated["exp"])
   src = {k: np.asarray(v, np.float32).reshape((1,) + np.shape(v)[1:]) for k, v in source.items()}
   if pose == "generated":
@@ -198,13 +196,13 @@ def compose(source: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray
   elif pose == "driven":
     drv = dict(driving, exp=np.zeros((n, 21, 3), np.float32))
     first = {k: v[:1] for k, v in drv.items()}
-    rel = motion.relative_motion({k: jnp.asarray(v) for k, v in src.items()}, drv, first)
+    rel = _relative_motion(src, drv, first)
     fields = {k: np.asarray(rel[k], np.float32) for k in ("pitch", "yaw", "roll", "t", "scale", "rotation")}
   else:
     raise ValueError(f"pose {pose!r}: use generated, fixed or driven")
   out = dict(fields, exp=np.asarray(generated["exp"], np.float32))
   if "rotation" not in out:
-    out["rotation"] = np.asarray(motion.rotation_matrix(out["pitch"], out["yaw"], out["roll"]), np.float32)
+    out["rotation"] = np.asarray(_rotation_matrix(out["pitch"], out["yaw"], out["roll"]), np.float32)
   out["t"] = np.asarray(out["t"], np.float32).copy()
   out["t"][..., 2] = 0.0  # LivePortrait drops tz
   return out
@@ -244,6 +242,19 @@ def warm_up_render(renderer, portrait: Portrait, batch_size: int = 16, stitching
   x_d = _keypoints(kp, eye, zeros, zeros[:, 0], np.ones(batch_size, np.float32))
   render_stream(renderer, portrait.feature, portrait.keypoints, [(x_d, 1)], lambda images: None,
                 stitching=stitching)
+
+
+# The motion arithmetic runs as jitted programs: run eagerly, every jnp operation is a program of its own, which a
+# fresh process compiles (or loads from the compilation cache) one by one before the first frame.
+_normalized = jax.jit(motion_lib.normalize_motion)
+_relative_motion = jax.jit(motion_lib.relative_motion)
+_rotation_matrix = jax.jit(motion_lib.rotation_matrix)
+
+
+@jax.jit
+def _fields(v, stats):
+  """The motion fields (exp, pitch, yaw, roll, t, scale) of normalized motion vectors."""
+  return motion_lib.unpack_motion(motion_lib.denormalize_motion(v, stats))
 
 
 @jax.jit

@@ -52,6 +52,7 @@ from flax import nnx
 from playmate_jax.audio.io import num_frames
 from playmate_jax.convert import common
 from playmate_jax.errors import UserError
+from playmate_jax.shapes import abstract_module
 
 KIND = "wav2vec2"                 # converted-weights kind (manifest.json)
 SAMPLE_RATE = 16000               # every released wav2vec2 / HuBERT checkpoint is trained on 16 kHz audio
@@ -354,7 +355,7 @@ class Wav2Vec2Model(nnx.Module):
 
 def abstract_model(cfg: Wav2Vec2Config, dtype: Any = jnp.float32) -> Wav2Vec2Model:
   """The model with shapes only (no memory): the target layout of converted parameters."""
-  return nnx.eval_shape(lambda: Wav2Vec2Model(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+  return abstract_module(lambda rngs: Wav2Vec2Model(cfg, dtype=dtype, rngs=rngs))
 
 
 def expected_params(cfg: Wav2Vec2Config) -> dict[str, Any]:

@@ -214,7 +214,8 @@ def abstract_params(abstract_module: nnx.Module) -> dict[str, Any]:
 def with_params(abstract_module: nnx.Module, params: Mapping[str, Any]) -> nnx.Module:
   """`abstract_module` (from nnx.eval_shape: nothing initialized) holding `params`, a pure dict in its layout."""
   state = nnx.state(abstract_module, nnx.Param)
-  nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(params)))
+  as_float32 = lambda a: a.astype(jnp.float32) if isinstance(a, jax.Array) else np.asarray(a, np.float32)
+  nnx.replace_by_pure_dict(state, jax.device_put(jax.tree.map(as_float32, dict(params))))  # one batched transfer
   nnx.update(abstract_module, state)
   return abstract_module
 

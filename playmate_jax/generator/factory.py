@@ -9,6 +9,7 @@ from flax import nnx
 from playmate_jax.generator.diffusion import Diffusion
 from playmate_jax.generator.dit import MotionDiT
 from playmate_jax.generator.sampling import WindowSampler, make_window_sampler
+from playmate_jax.shapes import abstract_module
 
 
 def model_factory(config: ml_collections.ConfigDict, audio_dim: int) -> Callable[[nnx.Rngs], MotionDiT]:
@@ -20,7 +21,7 @@ def model_factory(config: ml_collections.ConfigDict, audio_dim: int) -> Callable
 
 def model_graphdef(model_fn: Callable[[nnx.Rngs], nnx.Module]) -> Any:
   """The module's static structure (nnx.GraphDef), built without allocating parameters."""
-  return nnx.graphdef(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))))
+  return nnx.graphdef(abstract_module(model_fn))
 
 
 def window_sampler(config: ml_collections.ConfigDict, audio_dim: int) -> WindowSampler:

@@ -63,10 +63,11 @@ def _batch_to(x: jax.Array, n: int) -> jax.Array:
 # --- pure functions of the modules (traced inside jax.jit) ----------------------------------------------------
 
 def _appearance(f, images):
-  return f(images).astype(jnp.float32)
+  return f(_images(images)).astype(jnp.float32)
 
 
 def _motion(m, images):
+  images = _images(images)
   out = m(images)
   b = images.shape[0]
   return dict(pitch=motion.bins_to_degrees(out["pitch"]), yaw=motion.bins_to_degrees(out["yaw"]),
@@ -165,19 +166,19 @@ class Renderer:
   def extract_appearance(self, crops: jax.Array) -> jax.Array:
     """F: crops [B, H, W, 3] in [0, 1] -> feature volume [B, D, H/4, W/4, C] (float32)."""
     run, state = self._f
-    return run(state, _images(crops))
+    return run(state, crops)
 
   def extract_motion(self, crops: jax.Array) -> dict[str, jax.Array]:
     """M: crops [B, H, W, 3] -> dict(pitch, yaw, roll [B] degrees, exp [B, 21, 3], t [B, 3], scale [B],
     kp [B, 21, 3]) (angles from the 66-bin heads by `motion.bins_to_degrees`)."""
     run, state = self._m
-    return run(state, _images(crops))
+    return run(state, crops)
 
   def keypoints(self, m: Mapping[str, jax.Array]) -> jax.Array:
     """x = scale * (kp @ R + exp) + t (tz dropped) for a motion dict; 'rotation' [B, 3, 3] is used if given."""
     if "rotation" in m:
-      return motion.transform_keypoints_with_matrix(m["kp"], m["rotation"], m["exp"], m["t"], m["scale"])
-    return motion.transform_keypoints(m["kp"], m["pitch"], m["yaw"], m["roll"], m["exp"], m["t"], m["scale"])
+      return _transform_with_matrix(m["kp"], m["rotation"], m["exp"], m["t"], m["scale"])
+    return _transform(m["kp"], m["pitch"], m["yaw"], m["roll"], m["exp"], m["t"], m["scale"])
 
   def stitch(self, kp_source: jax.Array, kp_driving: jax.Array) -> jax.Array:
     """LivePortrait's stitching: kp_driving [B, K, 3] plus the MLP's delta from (kp_source, kp_driving)
@@ -219,8 +220,13 @@ class Renderer:
     return int(self.model_params["motion_extractor_params"].get("num_kp", motion.NUM_KP))
 
 
+# Jitted: one program to load, not one per jnp operation (eager operations are programs of their own).
+_transform = jax.jit(motion.transform_keypoints)
+_transform_with_matrix = jax.jit(motion.transform_keypoints_with_matrix)
+
+
 def _images(x) -> jax.Array:
-  x = jnp.asarray(x)
+  """Images as float32 in [0, 1] (uint8 ones divided by 255); traced inside the networks' jitted calls."""
   if x.dtype == jnp.uint8:
     return x.astype(jnp.float32) / 255.0
   return x.astype(jnp.float32)

@@ -16,6 +16,7 @@ from playmate_jax.renderer.motion_extractor import MotionExtractor
 from playmate_jax.renderer.spade import SPADEDecoder
 from playmate_jax.renderer.stitching import StitchingRetargeting
 from playmate_jax.renderer.warping import WarpingNetwork
+from playmate_jax.shapes import abstract_module
 
 
 class LivePortraitNetworks(nnx.Module):
@@ -34,7 +35,7 @@ class LivePortraitNetworks(nnx.Module):
 
 def abstract_networks(model_params: Mapping[str, Any], dtype: Any = jnp.float32) -> LivePortraitNetworks:
   """The networks with shapes only (nothing allocated or initialized)."""
-  return nnx.eval_shape(lambda: LivePortraitNetworks(model_params, dtype=dtype, rngs=nnx.Rngs(0)))
+  return abstract_module(lambda rngs: LivePortraitNetworks(model_params, dtype=dtype, rngs=rngs))
 
 
 def abstract_params(model_params: Mapping[str, Any]) -> dict[str, Any]:
