@@ -88,11 +88,9 @@ def animate(args: argparse.Namespace) -> dict:
   if not os.path.exists(args.checkpoint):
     raise UserError(f"Checkpoint {args.checkpoint} does not exist; pass a training workdir or one of its "
                     "checkpoints/<step> folders.")
-  with watch("audio"):
-    wave = load_audio(args.audio)
 
-  # The motion model is restored, and its sampler traced and loaded, on a worker thread while this one loads the
-  # renderer and prepares the portrait; the renderer's programs are warmed up there while the motion is generated.
+  # The motion model is restored, and its sampler traced and loaded, on a worker thread while this one reads the
+  # audio, loads the renderer, prepares the portrait and traces and loads the renderer's programs.
   background = Stopwatch()
 
   def load_model():
@@ -106,14 +104,17 @@ def animate(args: argparse.Namespace) -> dict:
   pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="animate")
   try:
     model_job = pool.submit(load_model)
+    with watch("audio"):
+      wave = load_audio(args.audio)
     with watch("renderer"):
       renderer = Renderer.from_spec(args.renderer, args.dtype)
     with watch("portrait"):
       portrait = anim.load_portrait(renderer, args.image, crop=not args.no_crop)
-    with watch("model"):   # what is left of the restore and warm-up when the portrait is ready
+    with watch("render warm-up"):
+      anim.warm_up_render(renderer, portrait, args.batch_size, not args.no_stitching)
+    with watch("model"):   # what is left of the restore and warm-up when the renderer is ready
       model = model_job.result()
     model.check_emotion(label)
-    render_job = pool.submit(anim.warm_up_render, renderer, portrait, args.batch_size, not args.no_stitching)
     with watch("motion"):
       motion = model.generate(wave, portrait.motion, seed=args.seed, w_audio=args.w_audio, emotion=label,
                               w_emotion=args.w_emotion, progress=not args.no_progress)
@@ -129,8 +130,6 @@ def animate(args: argparse.Namespace) -> dict:
       else:
         frames = anim.compose(portrait.motion, motion, pose)
     with watch("render"):
-      with background("render warm-up"):
-        render_job.result()
       result = anim.render_video(renderer, portrait, frames, out, audio=wave, batch_size=args.batch_size,
                                  stitching=not args.no_stitching, paste_back=args.paste_back,
                                  progress=not args.no_progress)

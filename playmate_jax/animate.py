@@ -235,7 +235,7 @@ def render_stream(renderer, feature, x_s, keypoint_batches: Iterable[tuple[Any, 
 
 def warm_up_render(renderer, portrait: Portrait, batch_size: int = 16, stitching: bool = True) -> None:
   """Traces and loads (or compiles) what `render_video` runs, for its batch size, by rendering one batch of the
-  portrait's own keypoints; `pipelines/animate.py` runs it on a worker thread while the motion is generated."""
+  portrait's own keypoints; `pipelines/animate.py` runs it while the motion model is still loading."""
   kp = np.asarray(portrait.motion["kp"], np.float32)
   eye = np.broadcast_to(np.eye(3, dtype=np.float32), (batch_size, 3, 3))
   zeros = np.zeros((batch_size, 21, 3), np.float32)

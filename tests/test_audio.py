@@ -178,3 +178,15 @@ def test_mel_matches_librosa_stft_and_chunking_is_exact(variant):
   whole = np.log(enc._filters @ np.abs(librosa.stft(padded, n_fft=enc.n_fft, hop_length=enc.hop, center=False)) ** 2
                  + mel_lib.LOG_OFFSET).T
   np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("sr, n_fft, n_mels, fmin, fmax", [
+    (16000, 1024, 80, 0.0, 8000.0), (16000, 640, 40, 55.0, 7600.0), (22050, 2048, 128, 0.0, 11025.0),
+    (16000, 1024, 8, 300.0, 900.0)])
+def test_mel_filters_are_librosas(sr, n_fft, n_mels, fmin, fmax):
+  import librosa
+  from playmate_jax.audio.mel import mel_filters
+  ours = mel_filters(sr, n_fft, n_mels, fmin, fmax)
+  theirs = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+  assert ours.dtype == np.float32 and ours.shape == theirs.shape
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9)

@@ -1,6 +1,5 @@
 """Log-mel audio features, one row per 25 fps video frame."""
 
-import librosa
 import ml_collections
 import numpy as np
 
@@ -11,8 +10,32 @@ LOG_OFFSET = 1e-5  # features are ln(mel power + 1e-5): digital silence gives ln
 CHUNK_FRAMES = 1500  # frames analysed at a time (60 s at 25 fps): memory stays flat for any length
 
 
+def _hz_to_mel(hz):
+  """Slaney's mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above (27 mels per factor 6.4)."""
+  hz = np.asarray(hz, np.float64)
+  log_part = 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) / (np.log(6.4) / 27.0)
+  return np.where(hz >= 1000.0, log_part, hz * 3.0 / 200.0)
+
+
+def _mel_to_hz(mel):
+  mel = np.asarray(mel, np.float64)
+  return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * 200.0 / 3.0)
+
+
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+  """[n_mels, n_fft // 2 + 1] float32: triangles between n_mels + 2 edges evenly spaced in Slaney mels, each scaled
+  to unit area (2 / its width in Hz), over the rFFT bins. These are librosa.filters.mel's numbers for its defaults
+  (htk=False, norm="slaney"; a test compares them); computed here because importing librosa.filters imports
+  scipy.signal, a second or more of every animation's start-up."""
+  edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+  lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+  freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+  triangles = np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
+  return (triangles * (2.0 / (hi - lo))).astype(np.float32)
+
+
 class LogMelEncoder:
-  """Natural log of the mel power spectrogram (periodic Hann window, librosa's Slaney mel filters), not normalized.
+  """Natural log of the mel power spectrogram (periodic Hann window, Slaney mel filters), not normalized.
 
   Hop = sample_rate / fps samples (640 at 16 kHz, 25 fps); row i is the n_fft-sample window centred on the
   middle of video frame i, i.e. of samples [i * hop, (i + 1) * hop), with zeros outside the waveform.
@@ -35,8 +58,7 @@ class LogMelEncoder:
       raise UserError(f"config.audio.fmin ({c.fmin}) and fmax ({c.fmax}) must satisfy 0 <= fmin < fmax <= "
                       f"sample_rate / 2 ({self.sample_rate / 2:g}).")
     self.fmin, self.fmax = float(c.fmin), float(c.fmax)
-    self._filters = librosa.filters.mel(sr=self.sample_rate, n_fft=self.n_fft, n_mels=self.n_mels,
-                                        fmin=self.fmin, fmax=self.fmax)
+    self._filters = mel_filters(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax)
     self._window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(self.n_fft) / self.n_fft)).astype(np.float32)
     self.name = (f"logmel{self.n_mels}-sr{self.sample_rate}-hop{self.hop}-n{self.n_fft}"
                  f"-f{self.fmin:g}-{self.fmax:g}")
