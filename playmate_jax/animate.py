@@ -86,13 +86,12 @@ class MotionModel:
                       "drop the emotion (--emotion) or pass a stage-2 checkpoint (trained with configs/stage2.py).")
 
   def warm_up(self, emotion: bool = False) -> None:
-    """Traces the sampler and loads (or compiles) its program by sampling one window of silence, so that
-    `generate` then runs at once; `emotion` says whether the real call will pass one (another program).
-    `pipelines/animate.py` runs it on a worker thread while the portrait is being prepared."""
-    from playmate_jax import generator
-    silence = np.zeros((self.config.data.window, self.encoder.feature_dim), np.float32)
-    generator.sample_sequence(self.sampler, self.params, silence, np.zeros(motion_lib.IDENTITY_DIM, np.float32),
-                              jax.random.key(0), self.config, emotion=0 if emotion else None)
+    """Traces the sampler and loads (or compiles) its programs by generating one window of silence for the
+    training data's average identity, so that `generate` then runs at once; `emotion` says whether the real call
+    will pass one (another program). `pipelines/animate.py` runs it on a worker thread while the portrait is
+    being prepared."""
+    samples = self.config.data.window * self.config.audio.sample_rate // self.config.audio.fps
+    self.generate(np.zeros(samples, np.float32), self.default_source(), emotion=0 if emotion else None)
 
   def default_source(self) -> dict[str, np.ndarray]:
     """The training data's average identity (one frame of motion), for sampling without a portrait."""

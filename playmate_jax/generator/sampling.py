@@ -274,7 +274,7 @@ def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, 
     if per_call > 1:
       x0, prev = window_sampler.windows(params, padded[:, s:s + per_call * l + 2 * c], prev, ident,
                                         key, first, count, w, emotion, w_e)
-      parts.append(x0[:, :count * l])
+      parts.append(x0)   # all max_windows * L frames: cut on the host below (a slice per count is a program each)
     else:
       x0 = np.asarray(jax.device_get(window_sampler(params, padded[:, s:s + l + 2 * c], prev, ident,
                                                     jax.random.fold_in(key, first), w, emotion, w_e)), np.float32)
@@ -286,5 +286,6 @@ def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, 
       bar.update(count)
   if bar is not None:
     bar.close()
-  out = np.concatenate([np.asarray(jax.device_get(p), np.float32) for p in parts], axis=1)[:, :t]
+  out = np.concatenate([np.asarray(jax.device_get(p), np.float32)[:, :min(per_call, n - i * per_call) * l]
+                        for i, p in enumerate(parts)], axis=1)[:, :t]
   return out[0] if single else out
