@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -117,7 +117,7 @@ class MotionModel:
     out = generator.sample_sequence(self.sampler, self.params, features, identity, jax.random.key(seed),
                                     self.config, w_audio=w_audio, emotion=emotion, w_emotion=w_emotion,
                                     progress=progress)
-    fields = {k: np.asarray(v, np.float32) for k, v in _fields(out, mstats).items()}
+    fields = _per_frame(lambda v: _fields(v, mstats), out)
     fields["kp"] = np.broadcast_to(source["kp"], (len(out), 21, 3)).astype(np.float32)
     return fields
 
@@ -195,13 +195,13 @@ def compose(source: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray
   elif pose == "driven":
     drv = dict(driving, exp=np.zeros((n, 21, 3), np.float32))
     first = {k: v[:1] for k, v in drv.items()}
-    rel = _relative_motion(src, drv, first)
-    fields = {k: np.asarray(rel[k], np.float32) for k in ("pitch", "yaw", "roll", "t", "scale", "rotation")}
+    rel = _per_frame(lambda d: _relative_motion(src, d, first), drv)
+    fields = {k: rel[k] for k in ("pitch", "yaw", "roll", "t", "scale", "rotation")}
   else:
     raise ValueError(f"pose {pose!r}: use generated, fixed or driven")
   out = dict(fields, exp=np.asarray(generated["exp"], np.float32))
   if "rotation" not in out:
-    out["rotation"] = np.asarray(_rotation_matrix(out["pitch"], out["yaw"], out["roll"]), np.float32)
+    out["rotation"] = _per_frame(_rotation_matrix, out["pitch"], out["yaw"], out["roll"])
   out["t"] = np.asarray(out["t"], np.float32).copy()
   out["t"][..., 2] = 0.0  # LivePortrait drops tz
   return out
@@ -245,6 +245,25 @@ def warm_up_render(renderer, portrait: Portrait, batch_size: int = 16, stitching
 
 # The motion arithmetic runs as jitted programs: run eagerly, every jnp operation is a program of its own, which a
 # fresh process compiles (or loads from the compilation cache) one by one before the first frame.
+PER_FRAME_CHUNK = 1500  # frames per call of the per-frame programs (60 s at 25 fps)
+
+
+def _per_frame(fn: Callable, *frames: Any) -> Any:
+  """fn(*frames) for arrays (or dicts of arrays) of frames [T, ...], PER_FRAME_CHUNK frames per call, the last chunk
+  padded with copies of its final frame: one compiled shape for audio of any length. Returns float32 numpy."""
+  n = len(jax.tree.leaves(frames)[0])
+  to_numpy = lambda tree, m: jax.tree.map(lambda a: np.asarray(a, np.float32)[:m], tree)
+  if n == 0:
+    return to_numpy(fn(*frames), 0)
+  parts = []
+  for start in range(0, n, PER_FRAME_CHUNK):
+    m = min(PER_FRAME_CHUNK, n - start)
+    pad = lambda a: np.pad(np.asarray(a)[start:start + m], [(0, PER_FRAME_CHUNK - m)] + [(0, 0)] * (np.ndim(a) - 1),
+                           mode="edge")
+    parts.append(to_numpy(fn(*jax.tree.map(pad, frames)), m))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
 _normalized = jax.jit(motion_lib.normalize_motion)
 _relative_motion = jax.jit(motion_lib.relative_motion)
 _rotation_matrix = jax.jit(motion_lib.rotation_matrix)

@@ -140,3 +140,20 @@ def test_no_crop_takes_the_image_as_the_face_crop(inputs):
   np.testing.assert_allclose(portrait.crop.matrix, [[200 / 64, 0, 0], [0, 200 / 64, 0]])  # crop -> whole image
   with pytest.raises(UserError, match="No face was found in portrait .*blank.png"):
     anim.load_portrait(renderer, str(inputs / "blank.png"))
+
+
+def test_per_frame_programs_have_one_shape_for_any_length():
+  """The per-frame motion arithmetic gives the whole-array result for any length, from one compiled shape."""
+  import jax
+  rng = np.random.default_rng(0)
+  rotation = jax.jit(lambda p, y, r: motion.rotation_matrix(p, y, r))   # a fresh cache to count shapes in
+  for n in (1, 7, anim.PER_FRAME_CHUNK, anim.PER_FRAME_CHUNK + 1, 2 * anim.PER_FRAME_CHUNK + 13):
+    angles = [rng.uniform(-40, 40, n).astype(np.float32) for _ in range(3)]
+    out = anim._per_frame(rotation, *angles)
+    assert out.shape == (n, 3, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, np.asarray(motion.rotation_matrix(*angles)), atol=1e-6)
+  assert rotation._cache_size() == 1
+  tree = anim._per_frame(lambda d: {"twice": d["a"] * 2, "sum": d["a"] + d["b"]},
+                         {"a": np.arange(5.0), "b": np.ones(5)})
+  np.testing.assert_array_equal(tree["twice"], np.arange(5.0) * 2)
+  np.testing.assert_array_equal(tree["sum"], np.arange(5.0) + 1)
