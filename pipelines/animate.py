@@ -28,6 +28,9 @@ import argparse
 import concurrent.futures
 import os
 import sys
+import time
+
+START = time.perf_counter()   # the stages' timeline counts from here, before the heavy imports
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -68,7 +71,7 @@ def animate(args: argparse.Namespace) -> dict:
   from playmate_jax.renderer.api import Renderer
   from playmate_jax.timing import Stopwatch
 
-  watch = Stopwatch()
+  watch = Stopwatch(START)
 
   # Every input is checked before anything heavy runs, so that a mistake is reported at once.
   out = args.out or os.path.splitext(args.audio)[0] + ".mp4"
@@ -91,7 +94,7 @@ def animate(args: argparse.Namespace) -> dict:
 
   # The motion model is restored, and its sampler traced and loaded, on a worker thread while this one reads the
   # audio, loads the renderer, prepares the portrait and traces and loads the renderer's programs.
-  background = Stopwatch()
+  background = Stopwatch(START)
 
   def load_model():
     with background("restore"):
@@ -148,6 +151,8 @@ def main(argv: list[str]) -> int:
     print(f"wrote {r['out']}: {r['frames']} frames ({r['frames'] / 25:.2f} s at 25 fps, {w}x{h}) for "
           f"{r['seconds']:.2f} s of audio; motion in {r['motion']}")
     print(f"time: {r['stages'].summary()}; on a worker thread meanwhile: {r['background'].summary()}")
+    print(f"timeline (seconds since the command began): {r['stages'].timeline()}; worker: "
+          f"{r['background'].timeline()}; done at {time.perf_counter() - START:.1f}")
 
   return cli.run(run)
 

@@ -7,10 +7,14 @@ import time
 
 
 class Stopwatch:
-  """Seconds per named stage: `with watch("scan"): ...`; a stage entered again adds up."""
+  """Seconds per named stage: `with watch("scan"): ...`; a stage entered again adds up. Each stage's first start
+  and last end are kept too, in seconds since `t0` (a time.perf_counter() reading; default: the watch's creation),
+  so that watches of several threads sharing one t0 show what overlapped."""
 
-  def __init__(self):
+  def __init__(self, t0: float | None = None):
+    self.t0 = time.perf_counter() if t0 is None else t0
     self.seconds: dict[str, float] = {}
+    self.spans: dict[str, tuple[float, float]] = {}
 
   @contextlib.contextmanager
   def __call__(self, stage: str):
@@ -18,8 +22,15 @@ class Stopwatch:
     try:
       yield
     finally:
-      self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t
+      end = time.perf_counter()
+      self.seconds[stage] = self.seconds.get(stage, 0.0) + end - t
+      first = self.spans.get(stage, (t - self.t0, 0.0))[0]
+      self.spans[stage] = (first, end - self.t0)
 
   def summary(self) -> str:
     """'a 1.2 s, b 0.3 s' in the order the stages first ran."""
     return ", ".join(f"{name} {s:.1f} s" for name, s in self.seconds.items())
+
+  def timeline(self) -> str:
+    """'a 0.0-1.2, b 1.2-1.5': each stage's first start and last end, in seconds since t0."""
+    return ", ".join(f"{name} {a:.1f}-{b:.1f}" for name, (a, b) in self.spans.items())

@@ -42,3 +42,21 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
   result = run(tmp_path, "fail", cache="off")
   assert result.returncode == 2
   assert result.stderr.strip() == "error: Portrait x.jpg has no face; give a photo with one frontal face."
+
+
+def test_stopwatch_spans_share_one_start():
+  """Watches of two threads with one t0 place their stages on one timeline: first start, last end."""
+  import time
+  from playmate_jax.timing import Stopwatch
+  t0 = time.perf_counter()
+  main, worker = Stopwatch(t0), Stopwatch(t0)
+  with main("load"):
+    time.sleep(0.01)
+  with worker("restore"):
+    time.sleep(0.01)
+  with main("load"):   # entered again: the seconds add up, the span runs from the first start to the last end
+    pass
+  (load0, load1), (restore0, restore1) = main.spans["load"], worker.spans["restore"]
+  assert 0 <= load0 < restore0 < restore1 <= load1
+  assert 0.01 <= main.seconds["load"] < load1 - load0
+  assert main.timeline() == f"load {load0:.1f}-{load1:.1f}"
