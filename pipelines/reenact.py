@@ -96,17 +96,6 @@ class _Retargeting:
     return out
 
 
-def _batches(frames, size):
-  batch = []
-  for frame in frames:
-    batch.append(frame)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
-
-
 def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = True, eye_retargeting: bool = False,
             lip_retargeting: bool = False, paste_back: bool = False, crop_driving: bool = False,
             batch_size: int = 16, max_frames: int | None = None, progress: bool = True,
@@ -119,7 +108,7 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
   from tqdm import tqdm
 
   from playmate_jax import motion, video
-  from playmate_jax.animate import render_stream
+  from playmate_jax.animate import chunks, pad_rows, render_stream
   from playmate_jax.renderer import crop as crop_lib
 
   if batch_size < 1:
@@ -169,13 +158,10 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
 
   def keypoint_batches():
     first = None
-    for batch in _batches(frames, batch_size):
-      n = len(batch)
+    for batch in chunks(frames, batch_size):
       crops = np.stack([crop_lib.crop_with_square(f, square, renderer.crop_size).image for f in batch])
-      if n < batch_size:  # pad the last batch: one compiled shape for the whole video
-        crops = np.concatenate([crops, np.repeat(crops[-1:], batch_size - n, axis=0)])
-      x_d, first = driving_keypoints(crops, first)
-      yield x_d, n
+      x_d, first = driving_keypoints(pad_rows(crops, batch_size), first)   # one compiled shape for the video
+      yield x_d, len(batch)
 
   with video.VideoWriter(out, fps=fps, audio=driving if info.has_audio else None) as writer, \
        tqdm(total=total or None, unit="frame", desc="reenact", disable=not progress) as bar:

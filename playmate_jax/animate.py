@@ -18,7 +18,6 @@ an H.264 mp4 with the speech muxed in, so memory stays flat for any length.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -168,17 +167,14 @@ def video_pose(renderer, path: str, num_frames: int, batch_size: int = 64) -> di
     square = found[0]
   poses = []
   frames = itertools.islice(video.read_frames(path, FPS), num_frames)
-  for batch in _chunks(frames, batch_size):
+  for batch in chunks(frames, batch_size):
     crops = np.stack([crop_lib.crop_pixels(f, square, renderer.crop_size) for f in batch])
     n = len(crops)
-    crops = np.concatenate([crops, np.repeat(crops[-1:], batch_size - n, axis=0)])  # one compiled shape
-    m = jax.device_get(renderer.extract_motion(crops))
+    m = jax.device_get(renderer.extract_motion(pad_rows(crops, batch_size)))
     poses.append({k: np.asarray(m[k][:n], np.float32) for k in ("pitch", "yaw", "roll", "t", "scale")})
   if not poses:
     raise UserError(f"Driving video {path} has no frames; give a video with at least one frame.")
-  pose = {k: np.concatenate([p[k] for p in poses]) for k in poses[0]}
-  short = num_frames - len(pose["yaw"])
-  return {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) if short > 0 else v for k, v in pose.items()}
+  return {k: pad_rows(np.concatenate([p[k] for p in poses]), num_frames) for k in poses[0]}
 
 
 def compose(source: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray], pose: str = "generated",
@@ -209,10 +205,18 @@ def compose(source: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray
 
 # --- rendering -------------------------------------------------------------------------------------------------------
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+  """Lists of `size` consecutive items (the last one shorter)."""
   it = iter(items)
   while batch := list(itertools.islice(it, size)):
     yield batch
+
+
+def pad_rows(a: np.ndarray, size: int) -> np.ndarray:
+  """a [n, ...] with copies of its last row appended up to [size, ...] (unchanged if n >= size): a short last batch
+  takes the shape the full ones compiled for."""
+  a = np.asarray(a)
+  return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)]) if len(a) < size else a
 
 
 def render_stream(renderer, feature, x_s, keypoint_batches: Iterable[tuple[Any, int]], write, *,
@@ -226,19 +230,19 @@ def render_stream(renderer, feature, x_s, keypoint_batches: Iterable[tuple[Any, 
       x_d = renderer.stitch(x_s, x_d)
     images = _to_uint8(renderer.warp_decode(feature, x_s, x_d))   # 4x less to copy than float32
     if pending is not None:
-      write(np.asarray(pending[0][:pending[1]]))
+      write(np.asarray(pending[0])[:pending[1]])   # cut on the host: a device slice per n is a program each
     pending = (images, n)
   if pending is not None:
-    write(np.asarray(pending[0][:pending[1]]))
+    write(np.asarray(pending[0])[:pending[1]])
 
 
 def warm_up_render(renderer, portrait: Portrait, batch_size: int = 16, stitching: bool = True) -> None:
   """Traces and loads (or compiles) what `render_video` runs, for its batch size, by rendering one batch of the
   portrait's own keypoints; `pipelines/animate.py` runs it while the motion model is still loading."""
-  kp = np.asarray(portrait.motion["kp"], np.float32)
   eye = np.broadcast_to(np.eye(3, dtype=np.float32), (batch_size, 3, 3))
   zeros = np.zeros((batch_size, 21, 3), np.float32)
-  x_d = _keypoints(kp, eye, zeros, zeros[:, 0], np.ones(batch_size, np.float32))
+  x_d = renderer.keypoints(dict(kp=portrait.motion["kp"], rotation=eye, exp=zeros, t=zeros[:, 0],
+                                scale=np.ones(batch_size, np.float32)))
   render_stream(renderer, portrait.feature, portrait.keypoints, [(x_d, 1)], lambda images: None,
                 stitching=stitching)
 
@@ -252,15 +256,11 @@ def _per_frame(fn: Callable, *frames: Any) -> Any:
   """fn(*frames) for arrays (or dicts of arrays) of frames [T, ...], PER_FRAME_CHUNK frames per call, the last chunk
   padded with copies of its final frame: one compiled shape for audio of any length. Returns float32 numpy."""
   n = len(jax.tree.leaves(frames)[0])
-  to_numpy = lambda tree, m: jax.tree.map(lambda a: np.asarray(a, np.float32)[:m], tree)
-  if n == 0:
-    return to_numpy(fn(*frames), 0)
   parts = []
   for start in range(0, n, PER_FRAME_CHUNK):
     m = min(PER_FRAME_CHUNK, n - start)
-    pad = lambda a: np.pad(np.asarray(a)[start:start + m], [(0, PER_FRAME_CHUNK - m)] + [(0, 0)] * (np.ndim(a) - 1),
-                           mode="edge")
-    parts.append(to_numpy(fn(*jax.tree.map(pad, frames)), m))
+    out = fn(*jax.tree.map(lambda a: pad_rows(np.asarray(a)[start:start + m], PER_FRAME_CHUNK), frames))
+    parts.append(jax.tree.map(lambda a: np.asarray(a, np.float32)[:m], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
@@ -276,13 +276,6 @@ def _fields(v, stats):
 
 
 @jax.jit
-def _keypoints(kp, rotation, exp, t, scale):
-  """Driving keypoints [B, 21, 3] of the source keypoints kp [1, 21, 3] and per-frame motion [B, ...]."""
-  return motion_lib.transform_keypoints_with_matrix(jnp.broadcast_to(kp, (rotation.shape[0],) + kp.shape[1:]),
-                                                    rotation, exp, t, scale)
-
-
-@jax.jit
 def _to_uint8(images):
   return (jnp.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8)
 
@@ -294,16 +287,12 @@ def render_video(renderer, portrait: Portrait, frames: Mapping[str, np.ndarray],
   (a file or a 16 kHz waveform); returns dict(frames, size (h, w))."""
   from tqdm import tqdm
   n = len(frames["exp"])
-  kp = np.asarray(portrait.motion["kp"], np.float32)
-  keypoints = functools.partial(_keypoints, kp)
 
   def batches():
     for start in range(0, n, batch_size):
-      part = {k: np.asarray(frames[k][start:start + batch_size], np.float32)
+      part = {k: pad_rows(np.asarray(frames[k][start:start + batch_size], np.float32), batch_size)
               for k in ("rotation", "exp", "t", "scale")}
-      m = len(part["exp"])
-      part = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - m, axis=0)]) for k, v in part.items()}
-      yield keypoints(part["rotation"], part["exp"], part["t"], part["scale"]), m
+      yield renderer.keypoints(dict(part, kp=portrait.motion["kp"])), min(batch_size, n - start)
 
   paster = crop_lib.PasteBack(portrait.image, portrait.crop, renderer.render_size) if paste_back else None
   with video.VideoWriter(out, fps=FPS, audio=audio) as writer, \

@@ -274,18 +274,18 @@ def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, 
     if per_call > 1:
       x0, prev = window_sampler.windows(params, padded[:, s:s + per_call * l + 2 * c], prev, ident,
                                         key, first, count, w, emotion, w_e)
-      parts.append(x0)   # all max_windows * L frames: cut on the host below (a slice per count is a program each)
     else:
       x0 = np.asarray(jax.device_get(window_sampler(params, padded[:, s:s + l + 2 * c], prev, ident,
                                                     jax.random.fold_in(key, first), w, emotion, w_e)), np.float32)
-      parts.append(x0)
       history = np.concatenate([prev, x0], axis=1)
       prev = history[:, history.shape[1] - k:]
+    parts.append((x0, count))   # a windows() call's x0 holds max_windows * L frames: cut to count * L on the host
+                                # below (a device slice per count would be a program of its own)
     if bar is not None:
-      jax.block_until_ready(parts[-1])
+      jax.block_until_ready(x0)
       bar.update(count)
   if bar is not None:
     bar.close()
-  out = np.concatenate([np.asarray(jax.device_get(p), np.float32)[:, :min(per_call, n - i * per_call) * l]
-                        for i, p in enumerate(parts)], axis=1)[:, :t]
+  out = np.concatenate([np.asarray(jax.device_get(x0), np.float32)[:, :count * l] for x0, count in parts],
+                       axis=1)[:, :t]
   return out[0] if single else out
