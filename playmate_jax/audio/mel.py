@@ -26,7 +26,7 @@ def mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: fl
   """[n_mels, n_fft // 2 + 1] float32: triangles between n_mels + 2 edges evenly spaced in Slaney mels, each scaled
   to unit area (2 / its width in Hz), over the rFFT bins. These are librosa.filters.mel's numbers for its defaults
   (htk=False, norm="slaney"; a test compares them); computed here because importing librosa.filters imports
-  scipy.signal, a second or more of every animation's start-up."""
+  scipy.signal, which every animation's start-up would pay for."""
   edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
   lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
   freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
@@ -40,7 +40,7 @@ class LogMelEncoder:
   Hop = sample_rate / fps samples (640 at 16 kHz, 25 fps); row i is the n_fft-sample window centred on the
   middle of video frame i, i.e. of samples [i * hop, (i + 1) * hop), with zeros outside the waveform.
   The STFT is numpy's FFT over the framed signal: the same numbers as `librosa.stft(center=False)` (a test checks
-  it), without the numba compilation librosa's first STFT in a process costs (one to two seconds on every run).
+  it), without the numba compilation librosa's first STFT costs in every process.
   """
 
   def __init__(self, audio_config: ml_collections.ConfigDict):
