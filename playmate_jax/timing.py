@@ -24,8 +24,8 @@ class Stopwatch:
     finally:
       end = time.perf_counter()
       self.seconds[stage] = self.seconds.get(stage, 0.0) + end - t
-      first = self.spans.get(stage, (t - self.t0, 0.0))[0]
-      self.spans[stage] = (first, end - self.t0)
+      start = self.spans[stage][0] if stage in self.spans else t - self.t0
+      self.spans[stage] = (start, end - self.t0)
 
   def summary(self) -> str:
     """'a 1.2 s, b 0.3 s' in the order the stages first ran."""
