@@ -9,8 +9,9 @@
 `trace` writes the profiler's files (open them in Perfetto or XProf for the timeline). `top_ops` reads the Chrome
 trace-event file of the newest trace and sums the duration of every device operation by name: on a GPU the "XLA
 Ops" line the profiler derives from the kernels (one event per HLO operation), else the kernels on the device's
-streams; on a CPU, which has no device lines, the host's events. `kernel_classes` sums the GPU kernels by what
-they do (matmul, attention, reduction, transpose, elementwise, copy): how much of a step is bandwidth-bound work.
+streams; on a CPU, which has no device lines, the host's events less the Python tracer's frames. `kernel_classes`
+sums the GPU kernels by what they do (matmul, attention, reduction, transpose, elementwise, copy): how much of a
+step is bandwidth-bound work.
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ def _device_events(folder: str, line: str = "ops") -> list[dict]:
   on_device = [e for e in spans if processes.get(e["pid"], "").startswith("/device:")]
   xla_ops = [e for e in on_device if threads.get((e["pid"], e.get("tid")), "") == "XLA Ops"]
   streams = [e for e in on_device if threads.get((e["pid"], e.get("tid")), "").startswith("Stream")]
-  return (streams if line == "kernels" else xla_ops or streams) or on_device or spans
+  # The host's fallback leaves out the Python tracer's frames ("$file.py:line function"): they time the calling code
+  # (the trace's own start and stop among them), not the program, and on a loaded machine they can fill the top rows.
+  host = [e for e in spans if not e["name"].startswith("$")]
+  return (streams if line == "kernels" else xla_ops or streams) or on_device or host
 
 
 def _summed(events: list[dict], key: Callable[[str], str]) -> tuple[collections.Counter, collections.Counter]:

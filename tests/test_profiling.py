@@ -19,6 +19,7 @@ def test_trace_and_top_ops(tmp_path):
   assert [r.total_ms for r in rows] == sorted((r.total_ms for r in rows), reverse=True)
   assert 0 < sum(r.share for r in rows) <= 1 + 1e-9
   assert any("PjitFunction" in r.name or "fusion" in r.name for r in rows)
+  assert not any(r.name.startswith("$") for r in profiling.top_ops(str(tmp_path), n=1000))  # no Python frames
 
 
 def test_kernel_classes_of_a_gpu_trace(tmp_path):
