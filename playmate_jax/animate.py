@@ -284,7 +284,7 @@ def render_video(renderer, portrait: Portrait, frames: Mapping[str, np.ndarray],
                  audio: str | np.ndarray | None, batch_size: int = 16, stitching: bool = True,
                  paste_back: bool = False, progress: bool = True) -> dict:
   """Renders composed motion (`compose`) of the portrait into an H.264 mp4 at 25 fps with the audio muxed in
-  (a file or a 16 kHz waveform); returns dict(frames, size (h, w))."""
+  (a file or a 16 kHz waveform) as the frames are encoded; returns dict(frames, size (h, w))."""
   from tqdm import tqdm
   n = len(frames["exp"])
 
@@ -295,7 +295,7 @@ def render_video(renderer, portrait: Portrait, frames: Mapping[str, np.ndarray],
       yield renderer.keypoints(dict(part, kp=portrait.motion["kp"])), min(batch_size, n - start)
 
   paster = crop_lib.PasteBack(portrait.image, portrait.crop, renderer.render_size) if paste_back else None
-  with video.VideoWriter(out, fps=FPS, audio=audio) as writer, \
+  with video.VideoWriter(out, fps=FPS, audio=audio, num_frames=n) as writer, \
        tqdm(total=n, unit="frame", desc="render", disable=not progress) as bar:
 
     def write(images):

@@ -5,13 +5,15 @@ applies a file's rotation metadata while decoding (its default autorotate), so f
 `probe` reports the upright size. A file ffmpeg cannot read is a `UserError` naming it.
 
 Writing: `VideoWriter` streams frames to an H.264 (yuv420p) mp4 and, when given audio (a file with an audio
-track or a waveform), muxes it in at close with AAC, cut to the video's length.
+track or a waveform), adds it as AAC cut to the video's length: in the same ffmpeg pass when the frame count is
+known up front, else in a second pass at close.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fractions
 import logging
 import os
 import subprocess
@@ -200,26 +202,32 @@ def extract_audio(path: str | os.PathLike, sample_rate: int = AUDIO_RATE,
 
 
 class VideoWriter:
-  """Streams RGB uint8 frames to an H.264 mp4 (yuv420p), optionally with audio muxed in at close.
+  """Streams RGB uint8 frames to an H.264 mp4 (yuv420p) through one ffmpeg process, optionally with audio.
 
-    with VideoWriter("out.mp4", fps=25, audio="driving.mp4") as w:
+    with VideoWriter("out.mp4", fps=25, audio="speech.wav", num_frames=len(frames)) as w:
       for frame in frames:
         w.write(frame)
 
   `audio` is a file whose first audio track is used (any container ffmpeg reads) or a mono float waveform
-  at `audio_rate`; it is cut to the video's length. The frame size is fixed by the first frame; odd sizes are
-  padded by one edge row/column (yuv420p needs even sizes). The output appears only when the writer closes
-  without an error; a failed run leaves no partial file behind.
+  at `audio_rate`; it is cut to the video's length. With `num_frames` (how many frames will be written), ffmpeg
+  encodes the audio beside the frames in the same pass; without it the audio is muxed in a second pass at close,
+  which copies the whole video once more. The frame size is fixed by the first frame; odd sizes are padded by one
+  edge row/column (yuv420p needs even sizes). The output appears only when the writer closes without an error; a
+  failed run leaves no partial file behind, and an ffmpeg that fails is an error naming the file (never a
+  silently broken video).
   """
 
   def __init__(self, path: str | os.PathLike, fps: float = 25, audio: str | os.PathLike | np.ndarray | None = None,
-               audio_rate: int = AUDIO_RATE, crf: int = 18, preset: str = "veryfast"):
+               audio_rate: int = AUDIO_RATE, crf: int = 18, preset: str = "veryfast", num_frames: int | None = None):
     self.path = os.fspath(path)
     self.fps, self.audio, self.audio_rate, self.crf = float(fps), audio, int(audio_rate), int(crf)
     self.preset = preset  # x264's speed/size trade-off (its default is "medium", slower)
+    self.expected_frames = None if num_frames is None else int(num_frames)
     self.num_frames = 0
-    self._gen = None
-    self._size = None  # (height, width) of the frames given
+    self._proc = None     # the encoding ffmpeg, from the first frame on
+    self._log = None      # its stderr, kept for the error message
+    self._size = None     # (height, width) of the frames given
+    self._wav_tmp = None  # a waveform `audio`, as the file ffmpeg reads
     directory = os.path.dirname(os.path.abspath(self.path))
     if not os.path.isdir(directory):
       raise UserError(f"Output folder {directory} does not exist; create it or choose another --out path.")
@@ -230,6 +238,11 @@ class VideoWriter:
   def size(self) -> tuple[int, int] | None:
     """(height, width) of the frames given (None before the first frame)."""
     return self._size
+
+  @property
+  def one_pass(self) -> bool:
+    """Whether the audio is encoded beside the frames (audio given, and the frame count known up front)."""
+    return self.audio is not None and self.expected_frames is not None
 
   def __enter__(self) -> "VideoWriter":
     return self
@@ -247,14 +260,17 @@ class VideoWriter:
       frame = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if frame.ndim != 3 or frame.shape[-1] != 3:
       raise ValueError(f"VideoWriter.write wants an RGB frame [H, W, 3], got shape {frame.shape}")
-    if self._gen is None:
+    if self._proc is None:
       self._start(frame.shape[:2])
     elif frame.shape[:2] != self._size:
       raise ValueError(f"frame size {frame.shape[:2]} differs from the first frame's {self._size}")
     h, w = self._size
     if h % 2 or w % 2:
       frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    self._gen.send(np.ascontiguousarray(frame))
+    try:
+      self._proc.stdin.write(np.ascontiguousarray(frame).data)
+    except BrokenPipeError:  # ffmpeg has ended
+      raise self._failed() from None
     self.num_frames += 1
 
   def write_batch(self, frames: np.ndarray) -> None:
@@ -264,63 +280,106 @@ class VideoWriter:
   def _start(self, size: tuple[int, int]) -> None:
     self._size = tuple(size)
     h, w = self._size
-    self._gen = imageio_ffmpeg.write_frames(
-        self._video_tmp, (w + w % 2, h + h % 2), fps=self.fps, codec="libx264", quality=None,
-        macro_block_size=1, ffmpeg_log_level="error", output_params=["-crf", str(self.crf), "-preset", self.preset])
+    rate = fractions.Fraction(self.fps).limit_denominator()  # 30000/1001 stays exact
+    cmd = [_ffmpeg(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w + w % 2}x{h + h % 2}",
+           "-r", str(rate), "-i", "-"]
+    if self.one_pass:
+      cmd += ["-i", self._audio_file(), "-map", "0:v:0", "-map", "1:a:0",
+              *self._audio_params(self.expected_frames)]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-preset", self.preset, self._video_tmp]
+    self._log = tempfile.TemporaryFile()
     with _spawning():
-      self._gen.send(None)
+      self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
 
   def close(self) -> None:
-    """Finish the video and mux the audio; the output file appears now."""
-    if self._gen is None:
+    """Finish the video (and mux the audio, unless it went in with the frames); the output file appears now."""
+    if self._proc is None:
       self.abort()
       raise UserError(f"No frames were written to {self.path}; nothing to save.")
-    self._gen.close()
-    self._gen = None
+    if self.expected_frames is not None and self.num_frames != self.expected_frames:
+      self.abort()
+      raise ValueError(f"VideoWriter was told {self.expected_frames} frames and was given {self.num_frames}; "
+                       f"{self.path} was not written.")
     try:
-      if self.audio is None:
+      self._proc.stdin.close()
+    except BrokenPipeError:
+      pass
+    if self._proc.wait() != 0:
+      raise self._failed()
+    self._proc = None
+    try:
+      if self.audio is None or self.one_pass:
         os.replace(self._video_tmp, self.path)
       else:
         self._mux()
     finally:
-      self._remove(self._video_tmp)
+      self._cleanup()
 
   def abort(self) -> None:
     """Stop without writing the output."""
-    if self._gen is not None:
+    if self._proc is not None:
+      self._proc.kill()
       try:
-        self._gen.close()
-      except Exception:  # ffmpeg may already have failed; the temp file goes either way
+        self._proc.stdin.close()
+      except BrokenPipeError:
         pass
-      self._gen = None
+      self._proc.wait()
+      self._proc = None
+    self._cleanup()
+
+  def _failed(self) -> Exception:
+    """The error for an ffmpeg that ended with an error (the writer is aborted): a UserError naming the audio when
+    ffmpeg could not read it, else ffmpeg's own last words."""
+    self._proc.wait()
+    self._log.seek(0)
+    said = self._log.read().decode(errors="replace").strip()
+    audio = self._audio_file() if self.one_pass else None
+    self.abort()
+    if audio is not None and audio in said:
+      return self._audio_error()
+    return RuntimeError(f"ffmpeg failed while writing {self.path}: {said[-1000:] or 'no message'}")
+
+  def _cleanup(self) -> None:
     self._remove(self._video_tmp)
+    if self._wav_tmp is not None:
+      self._remove(self._wav_tmp)
+      self._wav_tmp = None
+    if self._log is not None:
+      self._log.close()
+      self._log = None
+
+  def _audio_file(self) -> str:
+    """The file ffmpeg reads the audio from: `audio` itself, or a waveform `audio` written to a temporary WAV."""
+    if not isinstance(self.audio, np.ndarray):
+      return os.fspath(self.audio)
+    if self._wav_tmp is None:
+      import soundfile  # only needed to hand a waveform to ffmpeg
+      fd, self._wav_tmp = tempfile.mkstemp(suffix=".wav", prefix=".audio-", dir=os.path.dirname(self._video_tmp))
+      os.close(fd)
+      soundfile.write(self._wav_tmp, np.asarray(self.audio, np.float32).reshape(-1), self.audio_rate)
+    return self._wav_tmp
+
+  def _audio_params(self, num_frames: int) -> list[str]:
+    """ffmpeg's output options for the audio track, cut to the length of `num_frames` frames."""
+    return ["-c:a", "aac", "-b:a", "192k", "-t", f"{num_frames / self.fps:.6f}", "-movflags", "+faststart"]
+
+  def _audio_error(self) -> UserError:
+    source = "the waveform" if isinstance(self.audio, np.ndarray) else os.fspath(self.audio)
+    return UserError(f"The audio of {source} could not be muxed into {self.path}; "
+                     "give a file that has a readable audio track.")
 
   def _mux(self) -> None:
-    wav_tmp = None
-    audio = self.audio
-    if isinstance(audio, np.ndarray):
-      import soundfile  # only needed to hand a waveform to ffmpeg
-      fd, wav_tmp = tempfile.mkstemp(suffix=".wav", prefix=".audio-", dir=os.path.dirname(self._video_tmp))
-      os.close(fd)
-      soundfile.write(wav_tmp, np.asarray(audio, np.float32).reshape(-1), self.audio_rate)
-      audio = wav_tmp
     out_tmp = self._video_tmp[:-4] + ".mux.mp4"
-    duration = self.num_frames / self.fps
-    cmd = [_ffmpeg(), "-y", "-v", "error", "-i", self._video_tmp, "-i", os.fspath(audio), "-map", "0:v:0",
-           "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-t", f"{duration:.6f}",
-           "-movflags", "+faststart", out_tmp]
+    cmd = [_ffmpeg(), "-y", "-v", "error", "-i", self._video_tmp, "-i", self._audio_file(), "-map", "0:v:0",
+           "-map", "1:a:0", "-c:v", "copy", *self._audio_params(self.num_frames), out_tmp]
     try:
       with _spawning():
         proc = subprocess.run(cmd, capture_output=True, text=True)
       if proc.returncode != 0:
-        source = "the waveform" if wav_tmp else os.fspath(audio)
-        raise UserError(f"The audio of {source} could not be muxed into {self.path}; "
-                        "give a file that has a readable audio track.")
+        raise self._audio_error()
       os.replace(out_tmp, self.path)
     finally:
       self._remove(out_tmp)
-      if wav_tmp:
-        self._remove(wav_tmp)
 
   @staticmethod
   def _remove(path: str) -> None:

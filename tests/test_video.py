@@ -22,11 +22,14 @@ def _tone(seconds, rate=16000):
   return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
 
 
-def test_round_trip_with_audio(tmp_path):
+@pytest.mark.parametrize("num_frames", [None, 12], ids=["muxed-at-close", "one-pass"])
+def test_round_trip_with_audio(tmp_path, num_frames):
   path = str(tmp_path / "a.mp4")
   frames = _frames(12, 48, 64)
-  with video.VideoWriter(path, fps=20, audio=_tone(0.6)) as w:
+  with video.VideoWriter(path, fps=20, audio=_tone(0.6), num_frames=num_frames) as w:
+    assert w.one_pass == (num_frames is not None)
     w.write_batch(np.stack(frames))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]   # no temporary video or WAV left
   info = video.probe(path)
   assert (info.fps, info.width, info.height, info.num_frames, info.has_audio) == (20, 64, 48, 12, True)
   assert info.duration == pytest.approx(0.6, abs=0.06)
@@ -51,15 +54,34 @@ def test_no_audio_track(tmp_path):
   assert video.extract_audio(path) is None
 
 
-def test_audio_from_a_file_is_cut_to_the_video(tmp_path):
+@pytest.mark.parametrize("num_frames", [None, 10], ids=["muxed-at-close", "one-pass"])
+def test_audio_from_a_file_is_cut_to_the_video(tmp_path, num_frames):
   donor = str(tmp_path / "donor.mp4")
   with video.VideoWriter(donor, fps=25, audio=_tone(2.0)) as w:
-    w.write_batch(np.stack(_frames(50, 32, 32)))
+    w.write_batch(np.stack(_frames(50, 32, 64)))
   out = str(tmp_path / "short.mp4")
-  with video.VideoWriter(out, fps=25, audio=donor) as w:  # the donor's audio track, 2 s, onto 0.4 s of video
+  # The donor's audio track, 2 s, onto 0.4 s of video; the donor's own (wider) video stream is not taken.
+  with video.VideoWriter(out, fps=25, audio=donor, num_frames=num_frames) as w:
     w.write_batch(np.stack(_frames(10, 32, 32)))
-  assert video.probe(out).has_audio
+  info = video.probe(out)
+  assert info.has_audio and (info.width, info.height, info.num_frames) == (32, 32, 10)
+  listing = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", out], capture_output=True,
+                           text=True).stderr
+  assert listing.count("Stream #") == 2, listing   # one video and one audio stream
   assert len(video.extract_audio(out)) / 16000 == pytest.approx(0.4, abs=0.06)
+
+
+def test_one_pass_errors_leave_no_file(tmp_path):
+  """A frame count other than the one announced, or an audio file ffmpeg cannot read, writes nothing."""
+  with pytest.raises(ValueError, match="told 5 frames and was given 4"):
+    with video.VideoWriter(str(tmp_path / "short.mp4"), audio=_tone(1.0), num_frames=5) as w:
+      w.write_batch(np.stack(_frames(4, 32, 32)))
+  notes = tmp_path / "notes.wav"
+  notes.write_text("this is not audio")
+  with pytest.raises(UserError, match=f"audio of {notes} could not be muxed"):
+    with video.VideoWriter(str(tmp_path / "bad.mp4"), audio=str(notes), num_frames=30) as w:
+      w.write_batch(np.stack(_frames(30, 64, 64)))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.wav"]
 
 
 def test_fps_resampling_and_odd_sizes(tmp_path):
