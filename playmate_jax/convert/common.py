@@ -222,17 +222,26 @@ def with_params(abstract_module: nnx.Module, params: Mapping[str, Any]) -> nnx.M
 
 def random_params(abstract: Mapping[str, Any], seed: int = 0, bias_std: float = 0.0) -> dict[str, Any]:
   """Random weights for a parameter tree, drawn on the host (no XLA compile per shape, unlike an NNX init):
-  `kernel`s N(0, 1 / fan_in), `scale`s one, everything else (biases, shifts) N(0, bias_std^2)."""
+  `kernel`s uniform with variance 1 / fan_in (LeCun uniform), `scale`s one, everything else (biases, shifts)
+  uniform with standard deviation `bias_std` (zero by default). Uniform, not normal, draws: numpy's normal
+  sampler took 2.5 s for LivePortrait's 130M weights on the 2-core dev machine, its uniform one 0.3 s."""
   rng = np.random.default_rng(seed)
+
+  def uniform(shape, std):
+    """U(-a, a) with a = sqrt(3) std, which has standard deviation `std`; scaled in place."""
+    x = rng.random(shape, np.float32)
+    x -= np.float32(0.5)
+    x *= np.float32(2.0 * np.sqrt(3.0) * std)
+    return x
 
   def draw(path, leaf):
     name = str(getattr(path[-1], "key", path[-1]))
     shape = tuple(leaf.shape)
     if name == "kernel":
-      return rng.standard_normal(shape, np.float32) / np.float32(np.sqrt(max(1, int(np.prod(shape[:-1])))))
+      return uniform(shape, 1.0 / np.sqrt(max(1, int(np.prod(shape[:-1])))))
     if name == "scale":
       return np.ones(shape, np.float32)
-    return np.float32(bias_std) * rng.standard_normal(shape, np.float32)
+    return uniform(shape, bias_std) if bias_std else np.zeros(shape, np.float32)
 
   return jax.tree_util.tree_map_with_path(draw, dict(abstract))
 
