@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 from playmate_jax.train import mesh as mesh_lib
 from playmate_jax.train.trainer import Trainer
@@ -34,6 +37,21 @@ def test_train_step_compiles_once_and_logs(tmp_path):
   assert (tmp_path / "eval" / "step_00000012.png").stat().st_size > 10_000
   assert os.listdir(tmp_path / "tensorboard" / "train")
   assert json.load(open(tmp_path / "config.json"))["model"]["dim"] == 32
+  # The logged rate counts until the steps have finished, not until they were dispatched (which returns at once):
+  # a "step" whose metrics take a slow program `busy` seconds to compute logs at most 1 / busy steps/s.
+  slow = jax.jit(lambda x: {"loss": jax.lax.fori_loop(0, 80, lambda i, y: jnp.tanh(y @ y), x).sum(),
+                            "finite": jnp.float32(1)})
+  x = jnp.full((512, 512), 0.01)
+  jax.block_until_ready(slow(x))  # compiled
+  start = time.perf_counter()
+  jax.block_until_ready(slow(x))
+  busy = time.perf_counter() - start
+  rows, since = [], time.perf_counter()
+  pending = [slow(x)]
+  trainer.writer = type("Rows", (), {"write": lambda self, step, row: rows.append(row)})()
+  done = trainer._flush(pending, 99, since, tqdm(disable=True))
+  assert done - since >= 0.8 * busy > 0.02, (done - since, busy)
+  assert rows[0]["steps_per_s"] == pytest.approx(1 / (done - since))
 
 
 def test_data_parallel_is_exact(tmp_path):

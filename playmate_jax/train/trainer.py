@@ -249,9 +249,12 @@ class Trainer:
   def _on_signal(self, signum, frame):
     self._stop_signal = signal.Signals(signum).name
 
-  def _flush(self, pending: list[dict], step: int, seconds: float, bar) -> dict[str, float]:
-    """Averages the metrics of the steps since the last flush (one host sync), checks they were finite."""
+  def _flush(self, pending: list[dict], step: int, since: float, bar) -> float:
+    """Averages the metrics of the steps since the last flush (one host sync), checks they were finite, and logs
+    them with the steps' rate since `since` (a perf_counter time), taken once they have finished: dispatch runs
+    ahead of the device. Returns the time it took the rate up to."""
     rows = jax.device_get(pending)
+    now = time.perf_counter()
     pending.clear()
     if any(r["finite"] < 1.0 for r in rows):
       last = self.checkpointer.manager.latest_step()
@@ -260,10 +263,10 @@ class Trainer:
           f"Training stopped near step {step}: the loss or gradient became non-finite; the last good checkpoint "
           f"({where}) is intact, lower config.optim.lr or raise config.optim.warmup_steps and rerun to resume.")
     means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "finite"}
-    means["steps_per_s"] = len(rows) / max(seconds, 1e-9)
+    means["steps_per_s"] = len(rows) / max(now - since, 1e-9)
     self.writer.write(step, means)
     bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
-    return means
+    return now
 
   def run(self):
     """Trains to config.train.num_steps; returns the final state."""
@@ -291,9 +294,7 @@ class Trainer:
         stop = self._stop_signal is not None
         save = stop or step % t.ckpt_every == 0 or step == t.num_steps
         if save or step % t.log_every == 0:  # a save always flushes first: only finite states are saved
-          now = time.perf_counter()
-          self._flush(pending, step, now - t_last, bar)
-          t_last = now
+          t_last = self._flush(pending, step, t_last, bar)
         if save:
           self.save(state)
         if stop:
