@@ -4,7 +4,8 @@
 draw updates the Rngs' key counter inside the trace. Flax checks each update by asking the traced counter for its
 `sharding`; JAX answers with an AttributeError whose message it builds by walking the whole trace so far, so the
 cost grows with the square of the number of layers: 2.4 s for LivePortrait's networks, 0.7-0.8 s for the
-paper-scale motion DiT (stage 1 / 2) on the project's 2-core CPU machine; 0.25 s and 0.13-0.23 s with this. Shapes do not depend on the keys, so `abstract_module` hands every layer the same one.
+paper-scale motion DiT (stage 1 / 2) on the project's 2-core CPU machine; 0.25 s and 0.13-0.23 s with this.
+Shapes do not depend on the keys, so `abstract_module` hands every layer the same one.
 """
 
 from typing import Callable, TypeVar

@@ -15,7 +15,7 @@ from playmate_jax import cli  # noqa: E402
 
 # The persistent compilation cache the command-line tools use (cli.enable_compilation_cache): also for the models the
 # tests build in-process, so that a program compiled by one test (or a launch.py run) loads in the next instead of
-# compiling again (a tiny Trainer run: 20 s cold, 7 s with the cache, on the 2-core dev machine).
+# compiling again (every new Trainer compiles its programs anew, even in the same process).
 cli.enable_compilation_cache()
 
 

@@ -223,8 +223,8 @@ def with_params(abstract_module: nnx.Module, params: Mapping[str, Any]) -> nnx.M
 def random_params(abstract: Mapping[str, Any], seed: int = 0, bias_std: float = 0.0) -> dict[str, Any]:
   """Random weights for a parameter tree, drawn on the host (no XLA compile per shape, unlike an NNX init):
   `kernel`s uniform with variance 1 / fan_in (LeCun uniform), `scale`s one, everything else (biases, shifts)
-  uniform with standard deviation `bias_std` (zero by default). Uniform, not normal, draws: numpy's normal
-  sampler took 2.5 s for LivePortrait's 130M weights on the 2-core dev machine, its uniform one 0.3 s."""
+  uniform with standard deviation `bias_std` (zero by default). Uniform, not normal, draws: numpy's uniform
+  sampler is the faster one, and `--renderer random` draws LivePortrait's 130M weights at start-up."""
   rng = np.random.default_rng(seed)
 
   def uniform(shape, std):

@@ -112,7 +112,7 @@ def _voice(rng: np.random.Generator, spk: dict, frames: int) -> np.ndarray:
   wander = np.repeat(0.08 * _ou(rng, frames, 1, 0.95)[:, 0], HOP)
   f0 = spk["f0"] * np.exp(wander)
   saw = 2.0 * (np.cumsum(f0 / SAMPLE_RATE) % 1.0) - 1.0
-  from scipy import signal  # here: only writing the dataset needs it (0.8 s to import on the 2-core dev machine)
+  from scipy import signal  # here, not at the top: only writing the dataset needs it, and its import is slow
   out = 0.15 * saw
   for gain, freq in zip((1.0, 0.5), spk["formants"]):
     b, a = signal.iirpeak(freq, 4.0, fs=SAMPLE_RATE)
