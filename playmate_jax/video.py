@@ -300,11 +300,7 @@ class VideoWriter:
       self.abort()
       raise ValueError(f"VideoWriter was told {self.expected_frames} frames and was given {self.num_frames}; "
                        f"{self.path} was not written.")
-    try:
-      self._proc.stdin.close()
-    except BrokenPipeError:
-      pass
-    if self._proc.wait() != 0:
+    if self._end_ffmpeg() != 0:
       raise self._failed()
     self._proc = None
     try:
@@ -318,19 +314,24 @@ class VideoWriter:
   def abort(self) -> None:
     """Stop without writing the output."""
     if self._proc is not None:
-      self._proc.kill()
-      try:
-        self._proc.stdin.close()
-      except BrokenPipeError:
-        pass
-      self._proc.wait()
+      self._end_ffmpeg(kill=True)
       self._proc = None
     self._cleanup()
+
+  def _end_ffmpeg(self, kill: bool = False) -> int:
+    """Closes ffmpeg's input (the end of the frames), or kills it, and returns its exit status once it has ended."""
+    if kill:
+      self._proc.kill()
+    try:
+      self._proc.stdin.close()
+    except BrokenPipeError:   # ffmpeg ended early; its exit status says how
+      pass
+    return self._proc.wait()
 
   def _failed(self) -> Exception:
     """The error for an ffmpeg that ended with an error (the writer is aborted): a UserError naming the audio when
     ffmpeg could not read it, else ffmpeg's own last words."""
-    self._proc.wait()
+    self._end_ffmpeg()
     self._log.seek(0)
     said = self._log.read().decode(errors="replace").strip()
     audio = self._audio_file() if self.one_pass else None
