@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,7 @@ def test_train_step_compiles_once_and_logs(tmp_path):
   busy = time.perf_counter() - start
   rows, since = [], time.perf_counter()
   pending = [slow(x)]
-  trainer.writer = type("Rows", (), {"write": lambda self, step, row: rows.append(row)})()
+  trainer.writer = types.SimpleNamespace(write=lambda step, row: rows.append(row))
   done = trainer._flush(pending, 99, since, tqdm(disable=True))
   assert done - since >= 0.8 * busy > 0.02, (done - since, busy)
   assert rows[0]["steps_per_s"] == pytest.approx(1 / (done - since))
