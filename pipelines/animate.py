@@ -42,7 +42,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True, help="a training workdir (newest checkpoint) or one checkpoint")
   p.add_argument("--renderer", required=True, help="converted LivePortrait weights folder, random or random:tiny")
-  p.add_argument("--image", required=True, help="the portrait: a photo with one frontal face")
+  p.add_argument("--image", required=True, help="the portrait: a photo of a person (the largest face is animated)")
+  p.add_argument("--face", type=int, default=None, help="which face to animate when the photo has several "
+                 "(1 = the largest, the default)")
+  p.add_argument("--face-models", default=None, help="LivePortrait's pretrained_weights folder: find faces with its "
+                 "own insightface and landmark models (onnxruntime) instead of MediaPipe's")
   p.add_argument("--audio", required=True, help="speech: wav, flac, mp3, or a video's audio track")
   p.add_argument("--emotion", default=None, help="stage 2: the emotion to show")
   p.add_argument("--pose", default="generated", help="generated, fixed, sweep or video:FILE")
@@ -91,6 +95,8 @@ def animate(args: argparse.Namespace) -> dict:
   if not os.path.exists(args.checkpoint):
     raise UserError(f"Checkpoint {args.checkpoint} does not exist; pass a training workdir or one of its "
                     "checkpoints/<step> folders.")
+  with watch("face"):  # no face (an animal, a landscape): one sentence before the model and renderer load
+    image, face = anim.find_portrait(args.image, crop=not args.no_crop, face=args.face, face_models=args.face_models)
 
   # The motion model is restored, and its sampler traced and loaded, on a worker thread while this one reads the
   # audio, loads the renderer, prepares the portrait and traces and loads the renderer's programs.
@@ -112,7 +118,7 @@ def animate(args: argparse.Namespace) -> dict:
     with watch("renderer"):
       renderer = Renderer.from_spec(args.renderer, args.dtype)
     with watch("portrait"):
-      portrait = anim.load_portrait(renderer, args.image, crop=not args.no_crop)
+      portrait = anim.load_portrait(renderer, image, face)
     with watch("render warm-up"):
       anim.warm_up_render(renderer, portrait, args.batch_size, not args.no_stitching)
     with watch("model"):   # what is left of the restore and warm-up when the renderer is ready
@@ -127,7 +133,8 @@ def animate(args: argparse.Namespace) -> dict:
     n = len(motion["exp"])
     with watch("pose"):
       if pose == "video":
-        frames = anim.compose(portrait.motion, motion, "driven", anim.video_pose(renderer, driving_path, n))
+        frames = anim.compose(portrait.motion, motion, "driven", anim.video_pose(renderer, driving_path, n,
+                                                                               face_models=args.face_models))
       elif pose == "sweep":
         frames = anim.compose(portrait.motion, motion, "driven", anim.sweep_pose(n))
       else:

@@ -45,6 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="motion extractor compute dtype")
   p.add_argument("--test-fraction", type=float, default=0.05, help="share of clips held out in the test split")
   p.add_argument("--detect-every", type=int, default=t.detect_every, help="run the face detector every n frames")
+  p.add_argument("--face-models", default=None, help="LivePortrait's pretrained_weights folder: track faces with its "
+                 "own insightface and landmark models (onnxruntime) instead of MediaPipe's")
   p.add_argument("--min-seconds", type=float, default=t.min_seconds, help="shortest clip kept")
   p.add_argument("--max-seconds", type=float, default=t.max_seconds, help="longer stretches are split")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,7 +62,7 @@ def main(argv: list[str]) -> int:
     from playmate_jax.errors import UserError
     if args.detect_every < 1 or not 0 < args.min_seconds <= args.max_seconds or not 0 <= args.test_fraction < 1:
       raise UserError("--detect-every must be >= 1, 0 < --min-seconds <= --max-seconds and 0 <= --test-fraction < 1.")
-    track = dataclasses.replace(tracking.TrackSettings(), detect_every=args.detect_every,
+    track = dataclasses.replace(tracking.TrackSettings(), detect_every=args.detect_every, face_models=args.face_models,
                                 min_seconds=args.min_seconds, max_seconds=args.max_seconds)
     os.makedirs(args.out, exist_ok=True)
     settings = preprocess.Settings(

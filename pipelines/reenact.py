@@ -96,10 +96,21 @@ class _Retargeting:
     return out
 
 
+def find_portrait(source: str, face: int | None = None, face_models: str | None = None):
+  """The portrait's pixels and its face (one sentence naming the file when it has none): see animate.py."""
+  from playmate_jax.animate import find_portrait as find
+  return find(source, face=face, face_models=face_models)
+
+
+def load_source_crop(image, face, size: int):
+  from playmate_jax.face import crop as crop_lib
+  return crop_lib.crop_face(image, face.crop_landmarks, crop_lib.SOURCE, size)
+
+
 def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = True, eye_retargeting: bool = False,
             lip_retargeting: bool = False, paste_back: bool = False, crop_driving: bool = False,
             batch_size: int = 16, max_frames: int | None = None, progress: bool = True,
-            source_crop=None, driving_info=None) -> dict:
+            source_crop=None, driving_info=None, face: int | None = None, face_models: str | None = None) -> dict:
   """Render `out`; returns dict(frames, size (h, w), fps, has_audio)."""
   import itertools
 
@@ -109,21 +120,22 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
 
   from playmate_jax import motion, video
   from playmate_jax.animate import chunks, pad_rows, render_stream
-  from playmate_jax.renderer import crop as crop_lib
+  from playmate_jax.face import crop as crop_lib
+  from playmate_jax.face import finder as face_finder
 
   if batch_size < 1:
     raise UserError(f"--batch-size {batch_size} must be at least 1.")
   info = driving_info or video.probe(driving)
-  src_crop = source_crop or crop_lib.crop_portrait(source, size=renderer.crop_size)
+  if source_crop is None:
+    image, src_face = find_portrait(source, face=face, face_models=face_models)
+    source_crop = load_source_crop(image, src_face, renderer.crop_size)
+  src_crop = source_crop
 
-  # The driving crop square: whole square frames, else one square from the first frame with a face.
-  square = crop_lib.center_square(info.height, info.width)
+  # The driving crop: whole square frames, else LivePortrait's driving crop from the first frame with a face.
+  dsize = crop_lib.DRIVING.dsize
+  matrix = crop_lib.center_crop_matrix(info.height, info.width, dsize)
   if crop_driving or info.width != info.height:
-    found = crop_lib.find_video_square(video.read_frames(driving))
-    if found is None:
-      print(f"note: no face found in the first frames of {driving}; using its central square.")
-    else:
-      square = found[0]
+    matrix = face_finder.video_crop_matrix(driving, face_models)
 
   # The portrait, once.
   crop_s = jnp.asarray(src_crop.image[None])
@@ -159,7 +171,7 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
   def keypoint_batches():
     first = None
     for batch in chunks(frames, batch_size):
-      crops = np.stack([crop_lib.crop_with_square(f, square, renderer.crop_size).image for f in batch])
+      crops = np.stack([face_finder.crop_frame(f, matrix, renderer.crop_size) for f in batch]) / np.float32(255)
       x_d, first = driving_keypoints(pad_rows(crops, batch_size), first)   # one compiled shape for the video
       yield x_d, len(batch)
 
@@ -181,7 +193,10 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--renderer", required=True, help="converted LivePortrait weights folder, or random")
-  parser.add_argument("--source", required=True, help="the portrait: a photo with one frontal face")
+  parser.add_argument("--source", required=True, help="the portrait: a photo of a person (the largest face)")
+  parser.add_argument("--face", type=int, default=None, help="which face of the portrait (1 = the largest)")
+  parser.add_argument("--face-models", default=None, help="LivePortrait's pretrained_weights folder: its own face "
+                      "models (onnxruntime) instead of MediaPipe's")
   parser.add_argument("--driving", required=True, help="the driving video (mp4, mov, ...)")
   parser.add_argument("--out", required=True, help="output mp4")
   parser.add_argument("--no-stitching", action="store_true", help="turn LivePortrait's stitching off")
@@ -198,7 +213,6 @@ def main(argv: list[str]) -> int:
 
   def run():
     from playmate_jax import video
-    from playmate_jax.renderer import crop as crop_lib
     # Check the inputs before building the renderer, so that a mistake is reported at once.
     if args.max_frames is not None and args.max_frames < 1:
       raise UserError(f"--max-frames {args.max_frames} must be at least 1.")
@@ -206,14 +220,14 @@ def main(argv: list[str]) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
       raise UserError(f"Output folder {out_dir} does not exist; create it or choose another --out path.")
-    source_crop = crop_lib.crop_portrait(args.source)  # fails now if the portrait has no face
+    image, face = find_portrait(args.source, args.face, args.face_models)  # fails now if it has no face
     renderer = load_renderer(args.renderer, args.dtype)
-    if source_crop.size != renderer.crop_size:
-      source_crop = crop_lib.crop_portrait(args.source, size=renderer.crop_size)
+    source_crop = load_source_crop(image, face, renderer.crop_size)
     result = reenact(renderer, args.source, args.driving, args.out, stitching=not args.no_stitching,
                      eye_retargeting=args.eye_retargeting, lip_retargeting=args.lip_retargeting,
                      paste_back=args.paste_back, crop_driving=args.crop_driving, batch_size=args.batch_size,
-                     max_frames=args.max_frames, source_crop=source_crop, driving_info=info)
+                     max_frames=args.max_frames, source_crop=source_crop, driving_info=info,
+                     face_models=args.face_models)
     h, w = result["size"]
     audio = "with the driving video's audio" if result["has_audio"] else "without audio"
     print(f"wrote {result['frames']} frames ({w}x{h}, {result['fps']:g} fps) {audio} to {args.out}")

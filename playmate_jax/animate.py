@@ -22,6 +22,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +31,9 @@ from playmate_jax import motion as motion_lib
 from playmate_jax import video
 from playmate_jax.errors import UserError
 from playmate_jax.motion import EMOTIONS, MOTION_KEYS
-from playmate_jax.renderer import crop as crop_lib
+from playmate_jax.face import crop as crop_lib
+from playmate_jax.face import finder as face_finder
+from playmate_jax.face.types import Face
 
 FPS = 25
 POSE_MODES = ("generated", "fixed", "sweep", "video:FILE")
@@ -134,17 +137,37 @@ class Portrait:
   keypoints: Any
 
 
-def load_portrait(renderer, path: str, crop: bool = True) -> Portrait:
-  """Crops the portrait (UserError naming it when it has no face) and runs F and M on the crop once. With
-  crop=False the image is taken as an already cropped face (its centred square, resized), with no detection."""
+def find_portrait(path: str, crop: bool = True, face: int | None = None, face_models: str | None = None,
+                  report=print) -> tuple[np.ndarray, Face | None]:
+  """The portrait's pixels and the face to animate (None with crop=False). Runs before anything heavy: a missing
+  file, an unreadable image or a photo with no human face stops here with one sentence naming the file."""
   image = crop_lib.load_image(path)
-  if crop:
-    face = crop_lib.crop_portrait(image, size=renderer.crop_size, name=path)
+  if not crop:
+    return image, None
+  return image, face_finder.portrait_face(image, path, face, face_models, report)
+
+
+def center_crop(image: np.ndarray, size: int) -> crop_lib.Crop:
+  """The image's largest centred square as a size x size Crop (for an image that already is a face crop)."""
+  h, w = image.shape[:2]
+  side = min(h, w)
+  y0, x0 = (h - side) // 2, (w - side) // 2
+  square = image[y0:y0 + side, x0:x0 + side]
+  interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+  pixels = cv2.resize(square, (size, size), interpolation=interp)
+  return crop_lib.Crop(image=pixels.astype(np.float32) / 255.0, matrix=crop_lib.center_crop_matrix(h, w, size))
+
+
+def load_portrait(renderer, image: np.ndarray, face: Face | None) -> Portrait:
+  """Crops the portrait around `face` (LivePortrait's source crop; None: the centred square, no detection) and
+  runs F and M on the crop once."""
+  if face is None:
+    crop = center_crop(image, renderer.crop_size)
   else:
-    face = crop_lib.crop_with_square(image, crop_lib.center_square(*image.shape[:2]), renderer.crop_size)
-  batch = face.image[None]
+    crop = crop_lib.crop_face(image, face.crop_landmarks, crop_lib.SOURCE, renderer.crop_size)
+  batch = crop.image[None]
   src = {k: np.asarray(v, np.float32) for k, v in renderer.extract_motion(batch).items()}
-  return Portrait(image=image, crop=face, feature=renderer.extract_appearance(batch), motion=src,
+  return Portrait(image=image, crop=crop, feature=renderer.extract_appearance(batch), motion=src,
                   keypoints=renderer.keypoints(src))
 
 
@@ -157,18 +180,16 @@ def sweep_pose(num_frames: int) -> dict[str, np.ndarray]:
   return dict(out, t=np.zeros((num_frames, 3), np.float32), scale=np.ones(num_frames, np.float32))
 
 
-def video_pose(renderer, path: str, num_frames: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+def video_pose(renderer, path: str, num_frames: int, batch_size: int = 64,
+               face_models: str | None = None) -> dict[str, np.ndarray]:
   """The head pose of a driving video's first `num_frames` frames at 25 fps (pitch, yaw, roll, t, scale [T]),
-  from the motion extractor on one fixed face crop; a shorter video holds its last pose."""
-  info = video.probe(path)
-  square = crop_lib.center_square(info.height, info.width)
-  found = crop_lib.find_video_square(video.read_frames(path, FPS))
-  if found is not None:
-    square = found[0]
+  from the motion extractor on one fixed face crop (`face.finder.video_crop_matrix`); a shorter video holds its
+  last pose."""
+  matrix = face_finder.video_crop_matrix(path, face_models)
   poses = []
   frames = itertools.islice(video.read_frames(path, FPS), num_frames)
   for batch in chunks(frames, batch_size):
-    crops = np.stack([crop_lib.crop_pixels(f, square, renderer.crop_size) for f in batch])
+    crops = np.stack([face_finder.crop_frame(f, matrix, renderer.crop_size) for f in batch])
     n = len(crops)
     m = jax.device_get(renderer.extract_motion(pad_rows(crops, batch_size)))
     poses.append({k: np.asarray(m[k][:n], np.float32) for k in ("pitch", "yaw", "roll", "t", "scale")})

@@ -159,8 +159,11 @@ class _Recorder:
 
 
 def _source_keypoints(renderer, portrait):
-  from playmate_jax.renderer import crop as crop_lib
-  crop = jnp.asarray(crop_lib.crop_portrait(portrait, size=renderer.crop_size).image[None])
+  from playmate_jax.face import crop as crop_lib
+  from playmate_jax.face.finder import portrait_face
+  image = crop_lib.load_image(portrait)
+  face = portrait_face(image, portrait)
+  crop = jnp.asarray(crop_lib.crop_face(image, face.crop_landmarks, crop_lib.SOURCE, renderer.crop_size).image[None])
   return np.asarray(renderer.keypoints(renderer.extract_motion(crop)))
 
 

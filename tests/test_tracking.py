@@ -6,15 +6,28 @@ import numpy as np
 import pytest
 
 from playmate_jax.data import tracking
-from playmate_jax.renderer import crop as crop_lib
+from playmate_jax.face import crop as crop_lib
 
 S = tracking.TrackSettings(detect_every=3)
 FACE = (100.0, 80.0, 60.0, 60.0)
 
 
+def landmarks(box):
+  """68 points filling a face box: jaw and brows on its edges, eye corners at 40% height, lip corners at 80%."""
+  x, y, w, h = box
+  u = np.linspace(0.0, 1.0, 17)
+  pts = np.concatenate([np.stack([u, 0.2 + 0.8 * np.sin(np.pi * u) ** 0.5], -1),     # jaw 0-16
+                        np.stack([np.linspace(0.1, 0.9, 10), np.zeros(10)], -1),      # brows 17-26
+                        np.full((41, 2), 0.5)])                                          # the rest, inside
+  pts[[36, 39, 42, 45]] = [[0.2, 0.4], [0.4, 0.4], [0.6, 0.4], [0.8, 0.4]]
+  pts[[48, 54]] = [[0.35, 0.8], [0.65, 0.8]]
+  return np.array([x, y]) + pts * np.array([w, h])
+
+
 def make_scan(n, face=lambda i: [FACE], cuts=(), every=3):
   faces = {i: face(i) for i in range(n) if i % every == 0 or i == n - 1 or i in cuts or i + 1 in cuts}
-  return tracking.Scan(num_frames=n, size=(480, 640), cuts=list(cuts), faces=faces)
+  marks = {i: [landmarks(b) for b in boxes] for i, boxes in faces.items()}
+  return tracking.Scan(num_frames=n, size=(480, 640), cuts=list(cuts), faces=faces, landmarks=marks)
 
 
 def test_steady_face_is_one_clip_over_the_whole_video_with_one_square():
@@ -23,8 +36,10 @@ def test_steady_face_is_one_clip_over_the_whole_video_with_one_square():
   clips, why = tracking.find_clips(sc, S)
   assert why is None and len(clips) == 1
   assert (clips[0].start, clips[0].stop) == (0, 300)
-  expected = crop_lib.crop_square(FACE, S.crop_scale, S.crop_vy_ratio)
-  np.testing.assert_allclose(clips[0].square, expected, atol=1.5)  # the median face: noise averaged out
+  spec = crop_lib.CropSpec(scale=S.crop_scale, vy_ratio=S.crop_vy_ratio)
+  expected = tracking.Clip(0, 300, crop_lib.crop_matrix(landmarks(FACE), spec))
+  np.testing.assert_allclose(clips[0].matrix, expected.matrix, atol=0.5)  # the median face: noise averaged out
+  np.testing.assert_allclose(clips[0].square, expected.square, atol=1.5)
 
 
 def test_cut_splits_and_short_pieces_are_dropped():

@@ -11,11 +11,20 @@ import pytest
 
 from playmate_jax import video
 from playmate_jax.errors import UserError
-from playmate_jax.renderer.crop import detect_face
+from playmate_jax.face.finder import finder
 from tests import videos
 
 FPS, RATE = 25, video.AUDIO_RATE
 FRAME = 1.0 / FPS
+
+
+def detect_face(frame):
+  """The largest face's box as (x, y, w, h), or None."""
+  faces = finder().find(frame, small_faces=False)
+  if not faces:
+    return None
+  x0, y0, x1, y1 = faces[0].box
+  return x0, y0, x1 - x0, y1 - y0
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,8 @@ from playmate_jax import video as video_lib
 from playmate_jax.data import builder, tracking
 from playmate_jax.errors import UserError
 from playmate_jax.motion import EMOTIONS
-from playmate_jax.renderer import crop as crop_lib
+from playmate_jax.face import crop as crop_lib
+from playmate_jax.face import finder as face_finder
 from playmate_jax.timing import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -243,8 +244,9 @@ def _crop_clips(path: str, clips: list[tracking.Clip], size: int, stem: str,
         break
       clip = clips[k]
       if clip.start <= i < clip.stop:
-        cx, cy, side = clip.square
-        buf.append(crop_lib.crop_pixels(frame, (cx - x, cy - y, side), size))
+        shifted = clip.matrix.copy()
+        shifted[:2, 2] -= (x, y)  # the matrix in the decoded region's pixels
+        buf.append(crop_lib.crop256(frame, shifted, crop_lib.SOURCE.dsize, size))
       if i == clip.stop - 1:
         out.append(f"{stem}-{k}.npy")
         np.save(out[-1], np.stack(buf))
@@ -371,7 +373,7 @@ class Preprocessor:
     self.store.check_settings(self.fingerprint())
     self.renderer = Renderer.from_spec(settings.renderer, settings.dtype)
     self.watch = Stopwatch()  # the main process's stages; the workers' come with their results
-    crop_lib.detect_faces(np.zeros((64, 64, 3), np.uint8))  # no face detector (OpenCV 5): one clear error, now
+    face_finder.finder(settings.track.face_models)  # face models missing or unreadable: one clear error, now
     with self.watch("compile"):
       self.motion(np.zeros((1, self.renderer.crop_size, self.renderer.crop_size, 3), np.uint8))
 
@@ -421,7 +423,8 @@ class Preprocessor:
       arrays[f"{k}/features"] = features[clip.start:clip.stop].astype(np.float16)
       ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(crops[0], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
       arrays[f"{k}/reference_frame"] = np.frombuffer(jpeg.tobytes(), np.uint8)
-      clips.append(dict(start=clip.start, stop=clip.stop, square=list(clip.square)))
+      clips.append(dict(start=clip.start, stop=clip.stop, square=list(clip.square),
+                        crop_matrix=np.asarray(clip.matrix).round(4).tolist()))
     meta.update(status="accepted", clips=clips)
     with self.watch("save"):
       self.store.save(meta, arrays)
@@ -559,6 +562,14 @@ def _is_test(clip_id: str, fraction: float, forced: str | None) -> bool:
   return _hash_fraction(clip_id) < fraction or clip_id == forced
 
 
+def _worker_setup() -> None:
+  """A decode worker runs the face models on its own CPU core: never on the accelerator (the main process holds
+  it), and single-threaded (the workers already fill the cores)."""
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+  import jax
+  jax.config.update("jax_platforms", "cpu")
+
+
 @contextlib.contextmanager
 def _workers(n: int):
   """A pool of n spawned decode processes (spawn: the main process runs JAX, which must not be forked), or
@@ -566,7 +577,7 @@ def _workers(n: int):
   if n <= 0:
     yield None
     return
-  pool = cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+  pool = cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup)
   try:
     yield pool
   finally:

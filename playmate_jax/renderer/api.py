@@ -33,7 +33,7 @@ from flax import nnx
 
 from playmate_jax import motion
 from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS
-from playmate_jax.renderer.crop import CROP_SIZE
+CROP_SIZE = 256  # LivePortrait feeds its networks 256x256 face crops
 
 KIND = "liveportrait"
 RANDOM_WARNING = ("Renderer.random: the renderer has RANDOM weights; its images and motion are meaningless "
