@@ -46,6 +46,10 @@ real-time factor and peak device memory (run it with two lengths to see that mem
 for :demo/:tiny or --config.data.name=demo): time to the end of 5 warm-up batches, then per-batch time over
 --loader-batches batches (median, min, max, IQR), batches/s and samples/s sustained over them.
 
+`faces`: the face finder (detector and 468-point mesh, or --face-models) on 1280x720 frames of tests.videos'
+drifting astronaut (needs scikit-image, a test extra): ms per frame at --batch-sizes (default 1,8,32) and the
+landmark jitter per frame over --seconds (default 8) of the scene, in pixels and per eye distance.
+
 `all`: data, train, sample, render and audio in one process (the loader is measured once, for data and train).
 A :tiny config gets quick sizes: random:tiny renderer at batch 2 and 3 steps, 4 s of audio to sample, 2 s to
 encode in float32; other configs the defaults above. Flags given explicitly win.
@@ -474,6 +478,45 @@ def value_text(v) -> str:
   return str(v)
 
 
+def bench_faces(batch_sizes: list[int], seconds: float, repeats: int = 5, face_models: str | None = None) -> dict:
+  """FaceFinder on 1280x720 frames of a talking face (tests.videos' drifting astronaut): ms per frame at each batch
+  size, and landmark jitter: the RMS second difference of each landmark over consecutive frames divided by
+  sqrt(6) (the per-frame noise of a white-noise track; the scene's own drift is smooth and adds next to nothing),
+  in pixels and as a share of the distance between the eye centres."""
+  from playmate_jax.face.finder import finder
+  from tests import videos
+  scene = videos._face_scene(1280, 720, seed=0)
+  frames = [scene(t / 25.0) for t in range(int(seconds * 25))]
+  find = finder(face_models)
+  out = {"frames": len(frames), "face_models": face_models or "mediapipe"}
+  for b in batch_sizes:
+    batch = [frames[k % len(frames)] for k in range(b)]
+    find.find_batch(batch)  # compile
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      find.find_batch(batch)
+      times.append(time.perf_counter() - t0)
+    out[f"ms_per_frame_batch{b}"] = 1000 * float(np.median(times)) / b
+  tracks, eyes = [], []
+  for k in range(0, len(frames), 32):
+    for faces in find.find_batch(frames[k:k + 32]):
+      if not faces:
+        tracks.append(None)
+        continue
+      tracks.append(faces[0].landmarks)
+      lm = faces[0].landmarks  # eye distance: the mesh's eye corners (33, 133) and (362, 263)
+      eyes.append(float(np.linalg.norm(lm[[33, 133]].mean(0) - lm[[362, 263]].mean(0))))
+  found = [t for t in tracks if t is not None]
+  out["found_share"] = len(found) / len(tracks)
+  runs = [np.stack(tracks[i:i + 3]) for i in range(len(tracks) - 2) if all(t is not None for t in tracks[i:i + 3])]
+  second = np.stack([r[0] - 2 * r[1] + r[2] for r in runs])
+  jitter = float(np.sqrt(np.mean(np.sum(second ** 2, axis=-1)) / 6.0))
+  out["landmark_jitter_px"] = jitter
+  out["landmark_jitter_eye_distance"] = jitter / float(np.median(eyes))
+  return out
+
+
 def print_table(figures: dict) -> None:
   """One figure per line: name, value, unit (nested dicts as `part.name`)."""
   flat = {f"{part}.{k}": v for part, sub in figures.items() for k, v in sub.items()} \
@@ -503,7 +546,7 @@ def print_top_ops(folder: str, n: int = 25) -> None:
 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("what", choices=[*PARTS, "all"])
+  parser.add_argument("what", choices=[*PARTS, "all", "faces"])
   parser.add_argument("--config", default=None, help="the config (train, sample, data, all)")
   parser.add_argument("--renderer", default=None,
                       help="converted LivePortrait weights, random (released sizes) or random:tiny (render)")
@@ -553,6 +596,10 @@ def main(argv: list[str]) -> int:
       batch_sizes = [int(b) for b in pick(args.batch_sizes, "2", "1,32").split(",")]
       figures["render"] = bench_render(pick(args.renderer, "random:tiny", "random"), batch_sizes,
                                        pick(args.steps, 3, 30), args.parts)
+    if args.what == "faces":
+      figures["faces"] = bench_faces([int(b) for b in (args.batch_sizes or "1,8,32").split(",")],
+                                     args.seconds or 8.0, args.repeats)
+      parts = ("faces",)
     if "audio" in parts:
       dtype = pick(args.dtype, "float32", "bfloat16")
       figures["audio"] = bench_audio(args.weights, pick(args.seconds, 2.0, 3600.0), dtype, args.repeats)

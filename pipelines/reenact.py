@@ -23,11 +23,9 @@ What it does, as LivePortrait's relative mode for a driving video:
 
 Eye and lip retargeting (--eye-retargeting, --lip-retargeting) follow LivePortrait: with either on, the
 driving pose and expression are not transferred; the portrait's keypoints get only the retargeting MLPs'
-eye and/or lip deltas (then stitching). LivePortrait feeds those MLPs open-ness ratios measured on 2-D facial
-landmarks; this project has no landmark model, so the driving ratio of each frame is estimated from the
-driving keypoints instead: the change of eye (or mouth) opening since the first driving frame, in keypoint
-units and scaled to the portrait, is converted to a ratio change with the MLP's own sensitivity on the
-portrait (a finite difference around the assumed source ratio, 0.39 for eyes, 0.1 for lips).
+eye and/or lip deltas (then stitching). The MLPs take open-ness ratios measured on facial landmarks, as
+LivePortrait's: the portrait's own eye and lip ratios beside each driving frame's (`face.finder.open_ratios`; a
+frame where no face is found keeps the previous frame's ratio).
 """
 
 from __future__ import annotations
@@ -43,57 +41,48 @@ import numpy as np  # noqa: E402
 from playmate_jax import cli  # noqa: E402
 from playmate_jax.errors import UserError  # noqa: E402
 
-# Eye and mouth opening: `playmate_jax.motion.eye_opening` (lids 11/13, 15/16) and `mouth_opening` (lips 17, 19).
-SOURCE_EYE_RATIO = 0.39  # LivePortrait's ratio for open eyes
-SOURCE_LIP_RATIO = 0.1
-RATIO_STEP = 0.05        # finite-difference step for the retargeting MLPs' sensitivity
-MIN_SENSITIVITY = 1e-5   # below this (keypoint units per unit ratio) a retargeting MLP is treated as inert
-MAX_RATIO = 1.0
-
-
 def load_renderer(spec: str, dtype_name: str):
   from playmate_jax.renderer.api import Renderer
   return Renderer.from_spec(spec, dtype_name)
 
 
 class _Retargeting:
-  """LivePortrait's eye/lip retargeting with ratios estimated from keypoints (see the module docstring)."""
+  """LivePortrait's eye/lip retargeting: the portrait's keypoints plus the MLPs' deltas, which take the portrait's
+  open-ness ratios (eye: both eyes; lip) beside the driving frame's (eye: the first eye; lip)."""
 
-  def __init__(self, renderer, x_s, source_scale, eyes: bool, lips: bool):
-    import jax.numpy as jnp
-    from playmate_jax import motion
-    self.x_s, self.scale = x_s, float(np.asarray(source_scale).reshape(-1)[0])
-    self.parts = []
-    if eyes:
-      self._add("eyes", SOURCE_EYE_RATIO, motion.eye_opening,
-                lambda c: jnp.stack([jnp.full_like(c, SOURCE_EYE_RATIO)] * 2 + [c], axis=-1),
-                renderer.retarget_eyes)
-    if lips:
-      self._add("lips", SOURCE_LIP_RATIO, motion.mouth_opening,
-                lambda c: jnp.stack([jnp.full_like(c, SOURCE_LIP_RATIO), c], axis=-1), renderer.retarget_lips)
+  def __init__(self, renderer, x_s, source_landmarks, eyes: bool, lips: bool):
+    from playmate_jax.face.finder import open_ratios
+    self.renderer, self.x_s, self.eyes, self.lips = renderer, x_s, eyes, lips
+    self.eye_s, self.lip_s = open_ratios(source_landmarks)
 
-  def _add(self, name, c_s, opening, ratios, retarget):
-    import jax.numpy as jnp
-    c = jnp.array([c_s - RATIO_STEP, c_s + RATIO_STEP], jnp.float32)
-    kp = jnp.broadcast_to(self.x_s, (2,) + self.x_s.shape[1:])
-    moved = opening(kp + retarget(kp, ratios(c)))
-    sensitivity = float(moved[1] - moved[0]) / (2 * RATIO_STEP)
-    if abs(sensitivity) < MIN_SENSITIVITY:
-      print(f"note: the {name} retargeting network barely moves the portrait's keypoints; {name} stay as they are.")
-      return
-    self.parts.append((c_s, opening, ratios, retarget, sensitivity))
+  def source_ratios(self) -> tuple[float, float]:
+    return float(self.eye_s[0]), float(self.lip_s)
 
-  def __call__(self, exp_d, exp_d0):
-    """x_s plus the eye and lip deltas for driving expressions exp_d [B, 21, 3] (first frame exp_d0)."""
+  def __call__(self, eye_d, lip_d):
+    """x_s plus the eye and lip deltas for driving ratios eye_d, lip_d [B]."""
     import jax.numpy as jnp
-    b = exp_d.shape[0]
-    kp = jnp.broadcast_to(self.x_s, (b,) + self.x_s.shape[1:])
+    eye_d, lip_d = jnp.asarray(eye_d, jnp.float32), jnp.asarray(lip_d, jnp.float32)
+    kp = jnp.broadcast_to(self.x_s, (eye_d.shape[0],) + self.x_s.shape[1:])
     out = kp
-    for c_s, opening, ratios, retarget, sensitivity in self.parts:
-      change = self.scale * (opening(exp_d) - opening(exp_d0))        # wanted change, in keypoint units
-      c_d = jnp.clip(c_s + change / sensitivity, 0.0, MAX_RATIO)
-      out = out + retarget(kp, ratios(c_d))
+    if self.eyes:
+      ratios = jnp.stack([jnp.full_like(eye_d, self.eye_s[0]), jnp.full_like(eye_d, self.eye_s[1]), eye_d], -1)
+      out = out + self.renderer.retarget_eyes(kp, ratios)
+    if self.lips:
+      out = out + self.renderer.retarget_lips(kp, jnp.stack([jnp.full_like(lip_d, self.lip_s), lip_d], -1))
     return out
+
+
+def driving_ratios(frames, previous: tuple[float, float], face_models: str | None = None):
+  """(eye [B], lip [B]) ratios of each frame's largest face; a frame with no face keeps the previous ratios."""
+  from playmate_jax.face.finder import finder, open_ratios
+  eyes, lips = [], []
+  for faces in finder(face_models).find_batch(list(frames)):
+    if faces:
+      e, lip = open_ratios(faces[0].landmarks)
+      previous = (float(e[0]), float(lip))
+    eyes.append(previous[0])
+    lips.append(previous[1])
+  return np.array(eyes, np.float32), np.array(lips, np.float32), previous
 
 
 def find_portrait(source: str, face: int | None = None, face_models: str | None = None):
@@ -110,7 +99,8 @@ def load_source_crop(image, face, size: int):
 def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = True, eye_retargeting: bool = False,
             lip_retargeting: bool = False, paste_back: bool = False, crop_driving: bool = False,
             batch_size: int = 16, max_frames: int | None = None, progress: bool = True,
-            source_crop=None, driving_info=None, face: int | None = None, face_models: str | None = None) -> dict:
+            source_crop=None, source_face=None, driving_info=None, face: int | None = None,
+            face_models: str | None = None) -> dict:
   """Render `out`; returns dict(frames, size (h, w), fps, has_audio)."""
   import itertools
 
@@ -126,9 +116,9 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
   if batch_size < 1:
     raise UserError(f"--batch-size {batch_size} must be at least 1.")
   info = driving_info or video.probe(driving)
-  if source_crop is None:
-    image, src_face = find_portrait(source, face=face, face_models=face_models)
-    source_crop = load_source_crop(image, src_face, renderer.crop_size)
+  if source_crop is None or (source_face is None and (eye_retargeting or lip_retargeting)):
+    image, source_face = find_portrait(source, face=face, face_models=face_models)
+    source_crop = source_crop or load_source_crop(image, source_face, renderer.crop_size)
   src_crop = source_crop
 
   # The driving crop: whole square frames, else LivePortrait's driving crop from the first frame with a face.
@@ -142,7 +132,7 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
   f_s = renderer.extract_appearance(crop_s)
   src = renderer.extract_motion(crop_s)
   x_s = renderer.keypoints(src)
-  retarget = (_Retargeting(renderer, x_s, src["scale"], eye_retargeting, lip_retargeting)
+  retarget = (_Retargeting(renderer, x_s, source_face.landmarks, eye_retargeting, lip_retargeting)
               if eye_retargeting or lip_retargeting else None)
 
   @jax.jit
@@ -154,8 +144,6 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
     drv = renderer.extract_motion(jnp.asarray(crops))
     if first is None:
       first = jax.tree.map(lambda v: v[:1], drv)
-    if retarget is not None:
-      return retarget(drv["exp"], first["exp"]), first
     return relative_keypoints(drv, first), first
 
   original = crop_lib.load_image(source) if paste_back else None
@@ -169,8 +157,12 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
     frames = itertools.islice(frames, max_frames)
 
   def keypoint_batches():
-    first = None
+    first, ratios = None, retarget.source_ratios() if retarget is not None else None
     for batch in chunks(frames, batch_size):
+      if retarget is not None:  # LivePortrait's retargeting: the driving frames' landmark ratios, no motion
+        eye_d, lip_d, ratios = driving_ratios(batch, ratios, face_models)
+        yield retarget(pad_rows(eye_d, batch_size), pad_rows(lip_d, batch_size)), len(batch)
+        continue
       crops = np.stack([face_finder.crop_frame(f, matrix, renderer.crop_size) for f in batch]) / np.float32(255)
       x_d, first = driving_keypoints(pad_rows(crops, batch_size), first)   # one compiled shape for the video
       yield x_d, len(batch)
@@ -226,7 +218,7 @@ def main(argv: list[str]) -> int:
     result = reenact(renderer, args.source, args.driving, args.out, stitching=not args.no_stitching,
                      eye_retargeting=args.eye_retargeting, lip_retargeting=args.lip_retargeting,
                      paste_back=args.paste_back, crop_driving=args.crop_driving, batch_size=args.batch_size,
-                     max_frames=args.max_frames, source_crop=source_crop, driving_info=info,
+                     max_frames=args.max_frames, source_crop=source_crop, source_face=face, driving_info=info,
                      face_models=args.face_models)
     h, w = result["size"]
     audio = "with the driving video's audio" if result["has_audio"] else "without audio"

@@ -1,7 +1,7 @@
 """Portrait + speech -> talking video: what `pipelines/animate.py` (and `reenact.py`, `sample.py`) run.
 
     renderer = Renderer.from_spec("weights/liveportrait")
-    portrait = load_portrait(renderer, "me.jpg")                       # crop, appearance, source motion
+    portrait = load_portrait(renderer, *find_portrait("me.jpg"))        # crop, appearance, source motion
     model = MotionModel.load("workdirs/stage2")                        # a trained stage-1 or stage-2 model
     motion = model.generate(load_audio("speech.wav"), portrait.motion, emotion=EMOTIONS.index("happy"))
     frames = compose(portrait.motion, motion, pose="generated")        # or fixed, sweep, a driving video's pose

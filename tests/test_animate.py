@@ -71,7 +71,7 @@ def test_pose_modes(stage1_run, inputs, tmp_path):
   from playmate_jax.renderer.api import Renderer
   from playmate_jax.renderer.config import TINY_MODEL_PARAMS
   renderer = Renderer.random(TINY_MODEL_PARAMS, crop_size=64)
-  portrait = anim.load_portrait(renderer, str(inputs / "portrait.png"))
+  portrait = anim.load_portrait(renderer, *anim.find_portrait(str(inputs / "portrait.png")))
   model = anim.MotionModel.load(str(stage1_run))
   wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
   generated = model.generate(wave, portrait.motion)
@@ -112,7 +112,7 @@ def test_bad_inputs_are_one_sentence(stage1_run, stage2_run, inputs, tmp_path):
     cli.animate(args)
   cli, args = args_for(inputs, stage1_run, tmp_path / "x.mp4")
   args.image = str(inputs / "blank.png")
-  with pytest.raises(UserError, match="No face was found in portrait .*blank.png"):
+  with pytest.raises(UserError, match="No human face was found in .*blank.png"):
     cli.animate(args)
   args.image, args.audio = str(inputs / "portrait.png"), str(inputs / "noise.wav")
   with pytest.raises(UserError, match="noise.wav could not be decoded"):
@@ -134,12 +134,13 @@ def test_no_crop_takes_the_image_as_the_face_crop(inputs):
   from playmate_jax.renderer.api import Renderer
   from playmate_jax.renderer.config import TINY_MODEL_PARAMS
   renderer = Renderer.random(TINY_MODEL_PARAMS, crop_size=64)
-  portrait = anim.load_portrait(renderer, str(inputs / "blank.png"), crop=False)
+  portrait = anim.load_portrait(renderer, *anim.find_portrait(str(inputs / "blank.png"), crop=False))
   assert portrait.crop.image.shape == (64, 64, 3)
   np.testing.assert_allclose(portrait.crop.image, 127 / 255, atol=1e-6)
-  np.testing.assert_allclose(portrait.crop.matrix, [[200 / 64, 0, 0], [0, 200 / 64, 0]])  # crop -> whole image
-  with pytest.raises(UserError, match="No face was found in portrait .*blank.png"):
-    anim.load_portrait(renderer, str(inputs / "blank.png"))
+  r = 200 / 64  # crop -> whole image; crop pixel centres land on the image's (pixel centres at integers)
+  np.testing.assert_allclose(portrait.crop.matrix[:2], [[r, 0, r / 2 - 0.5], [0, r, r / 2 - 0.5]])
+  with pytest.raises(UserError, match="No human face was found in .*blank.png"):
+    anim.find_portrait(str(inputs / "blank.png"))
 
 
 def test_per_frame_programs_have_one_shape_for_any_length():

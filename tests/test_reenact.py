@@ -209,27 +209,34 @@ def test_reenact_paste_back_retargeting_and_max_frames(renderer, files):
   assert corner < 6.0                            # outside the face crop the portrait is untouched
 
 
-def test_retargeting_turns_driving_opening_into_the_same_keypoint_opening():
-  """With retargeting MLPs that open the lips / eyes linearly in the wanted ratio, the estimated driving ratio
-  gives the portrait exactly the driving video's change of opening (scaled by the portrait's scale)."""
+def test_retargeting_feeds_the_mlps_landmark_ratios_as_liveportrait(files):
+  """The eye MLP gets (portrait's two eye ratios, the driving frame's first eye ratio), the lip MLP (portrait's lip
+  ratio, the driving frame's), measured on landmarks; the deltas add to the portrait's keypoints."""
+  from playmate_jax.face.finder import finder, open_ratios
 
-  class Linear:
-    def retarget_lips(self, kp, ratio):   # lower lip (19) down by 0.2 per unit of ratio above the source's
-      return jnp.zeros_like(kp).at[:, 19, 1].set(0.2 * (ratio[:, 1] - ratio[:, 0]))
+  class Recorder:
+    def retarget_lips(self, kp, ratio):
+      return jnp.zeros_like(kp).at[:, 19, :2].set(ratio)
 
-    def retarget_eyes(self, kp, ratio):   # lower lids 13 and 16 down by 0.1 per unit
-      return jnp.zeros_like(kp).at[:, (13, 16), 1].set(0.1 * (ratio[:, 2] - ratio[:, 0])[:, None])
+    def retarget_eyes(self, kp, ratio):
+      return jnp.zeros_like(kp).at[:, 13, :].set(ratio)
 
+  face = finder().find(files["astronaut"])[0]
   x_s = jnp.asarray(np.random.default_rng(0).normal(size=(1, 21, 3)), jnp.float32)
-  retarget = reenact._Retargeting(Linear(), x_s, jnp.array([1.5]), eyes=True, lips=True)
-  exp0 = jnp.zeros((1, 21, 3))
-  exp = jnp.zeros((3, 21, 3)).at[:, 19, 1].set(jnp.array([0.0, 0.01, 0.04])).at[:, 13, 1].set(
-      jnp.array([0.0, -0.004, 0.006])).at[:, 16, 1].set(jnp.array([0.0, -0.004, 0.006]))
-  out = retarget(exp, exp0)
-  np.testing.assert_allclose(motion.mouth_opening(out) - motion.mouth_opening(x_s),
-                             1.5 * motion.mouth_opening(exp), atol=1e-6)
-  np.testing.assert_allclose(motion.eye_opening(out) - motion.eye_opening(x_s), 1.5 * motion.eye_opening(exp),
+  retarget = reenact._Retargeting(Recorder(), x_s, face.landmarks, eyes=True, lips=True)
+  eyes, lip = open_ratios(face.landmarks)
+  opened = files["astronaut"].copy()
+  opened[140:150, 205:245] = 20  # a dark open mouth between the lips
+  blank = np.full_like(opened, 128)
+  eye_d, lip_d, last = reenact.driving_ratios([files["astronaut"], opened, blank], retarget.source_ratios())
+  assert lip_d[1] > lip_d[0] and (eye_d[2], lip_d[2]) == (eye_d[1], lip_d[1]) == last  # no face: kept
+  np.testing.assert_allclose([eye_d[0], lip_d[0]], [eyes[0], lip], atol=1e-3)  # batch of 3 against 1
+  out = np.asarray(retarget(eye_d, lip_d))
+  np.testing.assert_allclose(out[:, 13] - x_s[0, 13], np.stack([np.full(3, eyes[0]), np.full(3, eyes[1]), eye_d], -1),
                              atol=1e-6)
+  np.testing.assert_allclose(out[:, 19, :2] - x_s[0, 19, :2], np.stack([np.full(3, lip), lip_d], -1), atol=1e-6)
+  untouched = np.delete(np.arange(21), [13, 19])
+  np.testing.assert_allclose(out[:, untouched], np.broadcast_to(x_s[:, untouched], (3, 19, 3)))
 
 
 @pytest.mark.parametrize("case", ["noface", "bad", "missing"])

@@ -136,9 +136,11 @@ def clip_matrix(landmarks: list[np.ndarray], settings: TrackSettings = TrackSett
   median over the clip."""
   spec = crop_lib.CropSpec(scale=settings.crop_scale, vy_ratio=settings.crop_vy_ratio)
   squares = [crop_lib.crop_square(lm, spec) for lm in landmarks]
-  centre = np.median(np.stack([c for c, _, _ in squares]), axis=0)
-  side = float(np.median([sd for _, sd, _ in squares]))
-  angle = float(np.median([np.arctan2(ax[0, 1], ax[0, 0]) for _, _, ax in squares]))
+  # Rounded (1/100 px, 1e-5 rad): the face models' last bits differ with the CPU's threading (a worker process
+  # or the main one), and the dataset must not.
+  centre = np.median(np.stack([c for c, _, _ in squares]), axis=0).round(2)
+  side = round(float(np.median([sd for _, sd, _ in squares])), 2)
+  angle = round(float(np.median([np.arctan2(ax[0, 1], ax[0, 0]) for _, _, ax in squares])), 5)
   c, s_ = np.cos(angle), np.sin(angle)
   return crop_lib.square_matrix(centre, side, np.array([[c, s_], [-s_, c]]), spec.dsize)
 
