@@ -195,6 +195,33 @@ def test_stage1_trains_on_the_preprocessed_folder(preprocessed, tmp_path):
   assert losses and np.isfinite(losses).all()
 
 
+def test_one_usable_video_among_broken_ones_gives_a_train_split_and_trains(collection, tmp_path, caplog):
+  """A first try: one talking video and a few broken files. The dataset has a train split only (a warning says
+  nothing is held out), the report lists the rejects, and training evaluates on the training clip."""
+  import jax
+  from playmate_jax.train import mesh as mesh_lib
+  from playmate_jax.train.trainer import Trainer
+  folder, _ = collection
+  subset = tmp_path / "videos"
+  subset.mkdir()
+  for name in ("talk_25fps.mp4", "notes.mp4", "no_face.mp4", "empty.mp4"):
+    os.symlink(os.path.join(folder, name), subset / name)
+  out = tmp_path / "data"
+  with caplog.at_level("WARNING"):
+    report = preprocess.Preprocessor(settings(subset, out)).run()
+  assert report["accepted"] == 1 and report["rejected"] == 3 and report["splits"] == {"train": 1, "test": 0}
+  assert any("none is held out" in r.getMessage() for r in caplog.records)
+  assert tfds.builder_from_directory(builder.version_dir(out)).info.splits.keys() == {"train"}
+  config = configlib.apply_overrides(
+      configlib.load_config(os.path.join(ROOT, "configs", "stage1.py") + ":tiny"),
+      {"data.name": "playmate_clips", "data.data_dir": str(out), "train.num_steps": "2", "train.ckpt_every": "2",
+       "train.eval_every": "2", "train.log_every": "1"})
+  with caplog.at_level("WARNING"):
+    Trainer(config, str(tmp_path / "run"), mesh=mesh_lib.make_mesh(jax.devices()[:1])).run()
+  assert any("no 'test' split" in r.getMessage() for r in caplog.records)
+  assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
+
+
 def test_emotion_labels_from_mead_folders_and_csv(tmp_path):
   paths = ["M003/video/front/angry/level_1/001.mp4", "W009/video/front/surprised/level_3/014.mp4", "x/clip.mp4"]
   assert preprocess.emotion_labels("mead", paths) == {paths[0]: 0, paths[1]: 7, paths[2]: -1}

@@ -18,6 +18,7 @@ as a sequence start: its previous motion is the source repeated, as the sampler 
 from collections.abc import Sequence
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -258,6 +259,13 @@ def load_eval_clips(config: ml_collections.ConfigDict, split: str | None = None,
   num_clips = config.eval.num_clips if num_clips is None else num_clips
   max_frames = config.eval.max_frames if max_frames is None else max_frames
   mode, _ = source_settings(config)
+  ds = open_dataset(config)
+  if split not in ds.clips and split == config.data.eval_split and config.data.train_split in ds.clips:
+    # A dataset of one or two clips has no held-out split (the preprocessing pipeline said so when it wrote it).
+    logging.getLogger(__name__).warning(
+        "Dataset %s has no %r split; evaluating on the %r split's clips instead (they are trained on).", ds.path,
+        split, config.data.train_split)
+    split = config.data.train_split
   ds = open_dataset(config, split)
   source = ds.source(split)
   hop = int(config.audio.sample_rate) // int(config.audio.fps)

@@ -485,7 +485,7 @@ class Preprocessor:
       arrays = None
       for k in range(len(meta["clips"])):
         clip_id = f"{p}#{k}"
-        if _is_test(clip_id, self.s.test_fraction, self._forced_test) != test:
+        if (not self._all_train and _is_test(clip_id, self.s.test_fraction, self._forced_test)) != test:
           continue
         arrays = arrays if arrays is not None else self.store.arrays(p)
         motion = {name: arrays[f"{k}/{name}"] for name in builder.MOTION_KEYS}
@@ -502,6 +502,13 @@ class Preprocessor:
     clip_ids = [f"{p}#{k}" for p in accepted for k in range(len(results[p]["clips"]))]
     self._forced_test = _forced_test(clip_ids, s.test_fraction)
     test_ids = [c for c in clip_ids if _is_test(c, s.test_fraction, self._forced_test)]
+    self._all_train = bool(clip_ids) and len(test_ids) in (0, len(clip_ids))
+    if self._all_train:  # one clip, or every clip hashed to the test split: train on all, hold none out
+      test_ids = []
+      if s.test_fraction > 0:
+        log.warning("Only %d clip%s: all go to the train split and none is held out for testing (training then "
+                    "evaluates on training clips); add videos for a held-out split.", len(clip_ids),
+                    "" if len(clip_ids) == 1 else "s")
     frames = sum(c["stop"] - c["start"] for p in accepted for c in results[p]["clips"])
     with open(os.path.join(s.out, REJECTS_FILE) + ".tmp", "w") as f:
       for p in rejected:
@@ -529,8 +536,9 @@ class Preprocessor:
     import tensorflow_datasets as tfds
     tmp = tempfile.mkdtemp(prefix=".dataset-", dir=self.s.out)
     try:
-      splits = {"train": self.examples(relpaths, results, emotions, test=False),
-                "test": self.examples(relpaths, results, emotions, test=True)}
+      splits = {"train": self.examples(relpaths, results, emotions, test=False)}
+      if not self._all_train:  # TFDS cannot write an empty split
+        splits["test"] = self.examples(relpaths, results, emotions, test=True)
       tfds.disable_progress_bar()
       with contextlib.redirect_stdout(io.StringIO()):
         written = builder.write_dataset(tmp, splits, encoder_name=self.encoder.name,
