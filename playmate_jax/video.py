@@ -192,12 +192,23 @@ def extract_audio(path: str | os.PathLike, sample_rate: int = AUDIO_RATE,
   path = os.fspath(path)
   if not (info or probe(path)).has_audio:
     return None
-  cmd = [_ffmpeg(), "-v", "error", "-i", path, "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate),
-         "-f", "f32le", "-"]
+  return read_audio(path, sample_rate)
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int = AUDIO_RATE) -> np.ndarray:
+  """The first audio track of any file ffmpeg reads (audio or video container), mono float32 at sample_rate;
+  UserError naming the file when it has no audio track or ffmpeg cannot decode it."""
+  path = os.fspath(path)
+  cmd = [_ffmpeg(), "-v", "error", "-nostdin", "-i", path, "-map", "0:a:0", "-vn", "-ac", "1", "-ar",
+         str(sample_rate), "-f", "f32le", "-"]
   with _spawning():
     proc = subprocess.run(cmd, capture_output=True)
   if proc.returncode != 0:
-    raise UserError(f"The audio track of {path} could not be decoded; re-encode the file and try again.")
+    said = proc.stderr.decode(errors="replace")
+    if "matches no streams" in said:
+      raise UserError(f"Audio file {path} has no audio track; give a file with speech (a WAV, an MP3 or a video "
+                      "with sound).")
+    raise UserError(f"Audio file {path} could not be decoded; re-encode it (e.g. to WAV) and try again.")
   return np.frombuffer(proc.stdout, np.float32).copy()
 
 

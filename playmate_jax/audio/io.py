@@ -1,7 +1,7 @@
-"""Reading speech audio: any file soundfile (or librosa's audioread fallback) can decode, as 16 kHz mono."""
+"""Reading speech audio as 16 kHz mono: WAV, FLAC and OGG through soundfile; anything else ffmpeg reads (mp3, m4a,
+opus, a video's sound track) through the project's bundled ffmpeg."""
 
 import os
-import warnings
 
 import librosa
 import numpy as np
@@ -15,21 +15,17 @@ def num_frames(num_samples: int, sample_rate: int = 16000, fps: int = 25) -> int
   return -(-int(num_samples) * int(fps) // int(sample_rate))
 
 
-def _decode(path: str) -> tuple[np.ndarray, int]:
-  """(samples [channels, n] float32, sample rate) of the file, or UserError if no decoder can read it."""
+def _decode(path: str, sample_rate: int) -> tuple[np.ndarray, int]:
+  """(samples [channels, n] float32, sample rate) of the file, or UserError if it has no decodable audio."""
   try:
     data, rate = soundfile.read(path, dtype="float32", always_2d=True)
     return data.T, rate
   except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
     pass
-  try:  # containers libsndfile does not know (e.g. m4a), through audioread
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # librosa warns that it is falling back to audioread
-      data, rate = librosa.load(path, sr=None, mono=False)
-    return np.atleast_2d(data).astype(np.float32), int(rate)
-  except Exception as e:  # audioread and its backends raise many unrelated types
-    raise UserError(f"Audio file {path} could not be decoded ({type(e).__name__}); "
-                    "convert it to WAV or FLAC (e.g. with ffmpeg) and try again.") from None
+  # Containers libsndfile does not know (mp3 on older libsndfile, m4a, opus in webm, a video's sound track): the
+  # bundled ffmpeg decodes them, downmixed and resampled to sample_rate.
+  from playmate_jax import video
+  return video.read_audio(path, sample_rate)[None], sample_rate
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
@@ -39,7 +35,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     raise UserError(f"Audio file {path} does not exist; check the path.")
   if os.path.getsize(path) == 0:
     raise UserError(f"Audio file {path} is empty (0 bytes); give a file that contains speech.")
-  data, rate = _decode(path)
+  data, rate = _decode(path, sample_rate)
   if data.size == 0:
     raise UserError(f"Audio file {path} contains no audio samples; give a file that contains speech.")
   wave = data[0] if len(data) == 1 else data.mean(axis=0, dtype=np.float32)  # no copy for mono
