@@ -3,11 +3,13 @@
   python pipelines/animate.py --checkpoint WORKDIR|CHECKPOINT_DIR --renderer WEIGHTS_DIR|random
                               --image PORTRAIT.jpg --audio SPEECH.wav [--emotion NAME]
                               [--pose generated|fixed|sweep|video:FILE] [--out OUT.mp4] [--paste-back] [--no-crop]
+                              [--face N] [--face-models LIVEPORTRAIT_WEIGHTS_DIR]
                               [--w-audio 1.5] [--w-emotion 1.5] [--ddim-steps 25] [--seed 0]
                               [--batch-size 16] [--dtype float32|bfloat16] [--no-stitching]
 
-- The portrait is cropped around its face (LivePortrait's crop; --no-crop: the image already is one); its appearance
-  and motion are extracted once.
+- The portrait's face is found (the largest, or --face N; a photo with no human face stops here, before anything
+  heavy) and cropped as LivePortrait crops it, from its landmarks (--no-crop: the image already is a crop); its
+  appearance and motion are extracted once.
 - The motion model (a stage-1 or stage-2 training workdir, EMA weights) generates expression and head pose for
   the whole recording, window by window (any length); with a stage-2 model, --emotion NAME (angry, contempt,
   disgusted, fear, happy, neutral, sad, surprised) steers the expression by three-way guidance.
