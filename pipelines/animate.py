@@ -81,9 +81,7 @@ def animate(args: argparse.Namespace) -> dict:
 
   # Every input is checked before anything heavy runs, so that a mistake is reported at once.
   out = args.out or os.path.splitext(args.audio)[0] + ".mp4"
-  out_dir = os.path.dirname(os.path.abspath(out))
-  if not os.path.isdir(out_dir):
-    raise UserError(f"Output folder {out_dir} does not exist; create it or choose another --out path.")
+  cli.check_output_folder(out)
   if args.batch_size < 1:
     raise UserError(f"--batch-size {args.batch_size} must be at least 1.")
   label = None if args.emotion is None else anim.emotion_label(args.emotion)
@@ -100,8 +98,8 @@ def animate(args: argparse.Namespace) -> dict:
   with watch("face"):  # no face (an animal, a landscape): one sentence before the model and renderer load
     image, face = anim.find_portrait(args.image, crop=not args.no_crop, face=args.face, face_models=args.face_models)
 
-  # The motion model is restored, and its sampler traced and loaded, on a worker thread while this one reads the
-  # audio, loads the renderer, prepares the portrait and traces and loads the renderer's programs.
+  # The motion model is restored, and its sampler traced and loaded, on a worker thread while this one loads the
+  # renderer, prepares the portrait and traces and loads the renderer's programs.
   background = Stopwatch(START)
 
   def load_model():
@@ -112,11 +110,12 @@ def animate(args: argparse.Namespace) -> dict:
         model.warm_up(emotion=label is not None)
     return model
 
+  with watch("audio"):  # an unreadable audio file: one sentence before the model's restore starts
+    wave = load_audio(args.audio)
   pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="animate")
+  failed = True
   try:
     model_job = pool.submit(load_model)
-    with watch("audio"):
-      wave = load_audio(args.audio)
     with watch("renderer"):
       renderer = Renderer.from_spec(args.renderer, args.dtype)
     with watch("portrait"):
@@ -131,7 +130,7 @@ def animate(args: argparse.Namespace) -> dict:
                               w_emotion=args.w_emotion, progress=not args.no_progress)
     assert len(motion["exp"]) == num_frames(len(wave))
     motion_path = os.path.splitext(out)[0] + ".motion.npz"
-    np.savez(motion_path, fps=np.int32(anim.FPS), **motion)
+    cli.save_npz(motion_path, fps=np.int32(anim.FPS), **motion)
     n = len(motion["exp"])
     with watch("pose"):
       if pose == "video":
@@ -145,8 +144,11 @@ def animate(args: argparse.Namespace) -> dict:
       result = anim.render_video(renderer, portrait, frames, out, audio=wave, batch_size=args.batch_size,
                                  stitching=not args.no_stitching, paste_back=args.paste_back,
                                  progress=not args.no_progress)
+    failed = False
   finally:
-    pool.shutdown(wait=False, cancel_futures=True)
+    # After an error, the restore on the worker finishes before the interpreter exits (cut off at exit, it
+    # reported the checkpoint as unreadable).
+    pool.shutdown(wait=failed, cancel_futures=True)
   return dict(result, out=out, motion=motion_path, seconds=len(wave) / 16000, stages=watch, background=background)
 
 

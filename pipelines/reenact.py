@@ -209,9 +209,7 @@ def main(argv: list[str]) -> int:
     if args.max_frames is not None and args.max_frames < 1:
       raise UserError(f"--max-frames {args.max_frames} must be at least 1.")
     info = video.probe(args.driving)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-      raise UserError(f"Output folder {out_dir} does not exist; create it or choose another --out path.")
+    cli.check_output_folder(args.out)
     image, face = find_portrait(args.source, args.face, args.face_models)  # fails now if it has no face
     renderer = load_renderer(args.renderer, args.dtype)
     source_crop = load_source_crop(image, face, renderer.crop_size)

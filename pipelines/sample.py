@@ -68,7 +68,8 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--checkpoint", required=True, help="a training workdir (newest checkpoint) or one checkpoint")
   parser.add_argument("--audio", required=True, help="speech: wav, flac, ogg, ... any rate and channel count")
-  parser.add_argument("--out", default=None, help="output .npz (default: beside the audio, AUDIO.motion.npz)")
+  parser.add_argument("--out", default=None, help="output .npz (default: beside the audio, AUDIO.motion.npz, or "
+                      "AUDIO-2.motion.npz, ... when that exists)")
   parser.add_argument("--source", default=None, help=".npz with the source frame's motion keys")
   parser.add_argument("--w_audio", "--w-audio", type=float, default=None,
                       help="audio guidance weight (default: config)")
@@ -78,13 +79,14 @@ def main(argv: list[str]) -> int:
                       help="stage 2: emotion guidance weight (default: config)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  out = args.out or os.path.splitext(args.audio)[0] + ".motion.npz"
+  out = args.out or cli.free_name(os.path.splitext(args.audio)[0] + ".motion.npz")  # never over an earlier one
   cli.setup_logging()
 
   def sample():
+    cli.check_output_folder(out)
     fields = generate(args.checkpoint, args.audio, source_path=args.source, seed=args.seed, w_audio=args.w_audio,
                       ddim_steps=args.ddim_steps, emotion=args.emotion, w_emotion=args.w_emotion)
-    np.savez(out, fps=np.int32(25), **fields)
+    cli.save_npz(out, fps=np.int32(25), **fields)
     print(f"wrote {len(fields['exp'])} frames ({len(fields['exp']) / 25:.1f} s) of motion to {out}")
 
   return cli.run(sample)

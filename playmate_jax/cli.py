@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
+import tempfile
 from typing import Callable
 
 from playmate_jax.errors import UserError
@@ -42,14 +44,94 @@ def enable_compilation_cache() -> str | None:
   return folder
 
 
+# What the machine refuses, said as the fix: disk full, no permission, read-only.
+_OS_FIXES = {errno.ENOSPC: "the disk is full; free some space (or write elsewhere) and run the command again",
+             errno.EDQUOT: "the disk quota is exceeded; free some space (or write elsewhere) and run it again",
+             errno.EACCES: "permission denied; choose a folder you can write to (or fix its permissions)",
+             errno.EPERM: "permission denied; choose a folder you can write to (or fix its permissions)",
+             errno.EROFS: "the file system is read-only; choose a writable folder"}
+
+
 def run(main: Callable[[], object], *, compile_cache: bool = True) -> int:
-  """Runs `main`; a UserError becomes `error: <sentence>` on stderr and exit status 2. With `compile_cache`,
-  JAX's persistent compilation cache is on (`enable_compilation_cache`)."""
+  """Runs `main`; a UserError becomes `error: <sentence>` on stderr and exit status 2, and so does a full disk or a
+  folder that cannot be written (the file named with the fix). Ctrl-C or SIGTERM ends with one line and status
+  130 / 143; the jobs write their outputs through temporary files, so nothing half-written is left. With
+  `compile_cache`, JAX's persistent compilation cache is on (`enable_compilation_cache`)."""
   if compile_cache:
     enable_compilation_cache()
+  import signal
+  previous = signal.getsignal(signal.SIGTERM)
+  if previous in (signal.SIG_DFL, None):  # SIGTERM as Ctrl-C, so that cleanups run (a trainer installs its own)
+    signal.signal(signal.SIGTERM, _terminated)
   try:
     main()
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt as e:
+    print(f"{'terminated' if isinstance(e, _Terminated) else 'interrupted'}: stopped; files already finished "
+          "are kept, none is left half-written.", file=sys.stderr)
+    return 143 if isinstance(e, _Terminated) else 130
+  except OSError as e:
+    if e.errno not in _OS_FIXES:
+      raise
+    where = e.filename or "an output file"
+    print(f"error: could not write {where}: {_OS_FIXES[e.errno]}.", file=sys.stderr)
+    return 2
+  finally:
+    if previous in (signal.SIG_DFL, None):
+      signal.signal(signal.SIGTERM, signal.SIG_DFL)
   return 0
+
+
+class _Terminated(KeyboardInterrupt):
+  """SIGTERM, raised where Python is, like Ctrl-C's KeyboardInterrupt."""
+
+
+def _terminated(signum, frame):
+  raise _Terminated()
+
+
+def check_output_folder(path: str, option: str = "--out") -> None:
+  """One sentence, before any work, when the folder an output goes to is missing or cannot be written (tried with
+  a temporary file, which also catches read-only file systems and root-owned mounts)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise UserError(f"Output folder {folder} does not exist; create it or choose another {option} path.")
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"Output folder {folder} cannot be written ({e.strerror}); choose another {option} path or fix "
+                    "its permissions.") from None
+
+
+def save_npz(path: str, **arrays) -> None:
+  """np.savez through a temporary file beside `path`, renamed into place: never a half-written file."""
+  import numpy as np
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(suffix=".npz", prefix=".tmp-", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def free_name(path: str) -> str:
+  """`path`, or the first of NAME-2.EXT, NAME-3.EXT, ... that does not exist yet (a default output never
+  overwrites an earlier one)."""
+  stem, ext = os.path.splitext(path)
+  if stem.endswith(".motion"):
+    stem, ext = stem[:-len(".motion")], ".motion" + ext
+  k = 2
+  while os.path.exists(path):
+    path, k = f"{stem}-{k}{ext}", k + 1
+  return path
