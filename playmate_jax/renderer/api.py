@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -136,7 +135,6 @@ class Renderer:
     """Randomly initialized networks (for tests and demos), full size unless `config` says otherwise."""
     from playmate_jax.convert import common
     from playmate_jax.renderer.networks import abstract_networks
-    warnings.warn(RANDOM_WARNING, stacklevel=2)
     logging.getLogger(__name__).warning(RANDOM_WARNING)
     config = dict(config or RELEASED_MODEL_PARAMS)
     networks = abstract_networks(config, dtype)

@@ -207,8 +207,8 @@ def evaluate_clips(sample: BatchSampleFn, clips: list[dict], key: jax.Array, *, 
   stage2 = classifier is not None
   n = len(clips)
   emotions = range(len(motion.EMOTIONS)) if stage2 else ()
-  bar = tqdm(total=(2 + (len(emotions) + 1) * stage2) * n, desc="evaluating clips", unit="clip",
-             disable=not progress)
+  runs = 2 + (len(emotions) + 1) * stage2  # every clip is sampled once per run (conditions, emotions, seeds)
+  bar = tqdm(total=runs * n, desc=f"evaluating {n} clips x {runs} runs", unit="sample", disable=not progress)
   fields = lambda vs: [_denormalized(v, c["stats"]) for v, c in zip(vs, clips)]
   with bar:  # every run from the same noise (but one): differences between them come from the conditions alone
     gen0 = fields(sample_many(sample, clips, None, key, 0.0, batch_size, bar))

@@ -133,6 +133,43 @@ def _check_resume_settings(workdir: str, config: ml_collections.ConfigDict) -> N
                       "a new --workdir).")
 
 
+def _check_init_from(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """A stage-2 run starts from a stage-1 run: refuses a missing config.init_from before anything is written
+  (unless the workdir already holds stage-2 checkpoints to resume)."""
+  if config.stage != 2:
+    return
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints)):
+    return
+  if not config.init_from:
+    raise UserError("config.init_from is empty; stage 2 starts from a stage-1 run: pass "
+                    "--config.init_from=STAGE1_WORKDIR (or one of its checkpoints/<step> folders).")
+  if not os.path.exists(config.init_from):
+    raise UserError(f"config.init_from={config.init_from} does not exist; pass a stage-1 training workdir (or one "
+                    "of its checkpoints/<step> folders).")
+
+
+def _lock_workdir(workdir: str):
+  """An exclusive lock on the workdir for this process's lifetime: a second training process on the same workdir
+  would interleave checkpoints and logs, so it is refused with one sentence."""
+  import fcntl
+  path = os.path.join(workdir, f".lock-{jax.process_index()}")
+  handle = open(path, "a+")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise UserError(f"Workdir {workdir} is in use by another training process ({holder}); wait for it to finish, "
+                    "stop it, or give this run another --workdir.") from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"pid {os.getpid()}")
+  handle.flush()
+  return handle
+
+
 def to_host(tree):
   """A replicated global pytree -> numpy on this host (evaluation runs per process, on local devices)."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
@@ -156,9 +193,11 @@ class Trainer:
     self.is_main = jax.process_index() == 0
     _check_workdir_stage(self.workdir, config.stage)
     _check_resume_settings(self.workdir, config)
+    _check_init_from(self.workdir, config)
+    info = data.load_dataset_info(config)  # a missing dataset stops here, before the workdir is made
     os.makedirs(self.workdir, exist_ok=True)
+    self._lock = _lock_workdir(self.workdir)
 
-    info = data.load_dataset_info(config)
     parts = build_components(config, self.mesh, info["feature_dim"])
     self.model_fn, self.graphdef, self.diffusion, self.tx, self.lr_schedule, self.train_step, self.trainable = parts
 
@@ -313,4 +352,5 @@ class Trainer:
       self.checkpointer.close()
       self.writer.close()
       self.eval_writer.close()
+      self._lock.close()  # the workdir is free for the next run (a resume in this process too)
     return state
