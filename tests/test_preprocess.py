@@ -222,6 +222,16 @@ def test_one_usable_video_among_broken_ones_gives_a_train_split_and_trains(colle
   assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2")
 
 
+def test_emotion_csv_rows_for_missing_files_are_reported(tmp_path, caplog):
+  table = tmp_path / "labels.csv"
+  table.write_text("file,emotion\nclip.mp4,happy\ngone.mp4,sad\nalso/gone.mp4,angry\n")
+  with caplog.at_level("WARNING"):
+    labels = preprocess.emotion_labels(str(table), ["x/clip.mp4"])
+  assert labels == {"x/clip.mp4": 4}
+  said = [r.getMessage() for r in caplog.records]
+  assert len(said) == 1 and said[0].startswith("2 rows of ") and "'also/gone.mp4'" in said[0]
+
+
 def test_emotion_labels_from_mead_folders_and_csv(tmp_path):
   paths = ["M003/video/front/angry/level_1/001.mp4", "W009/video/front/surprised/level_3/014.mp4", "x/clip.mp4"]
   assert preprocess.emotion_labels("mead", paths) == {paths[0]: 0, paths[1]: 7, paths[2]: -1}

@@ -2,7 +2,6 @@
 
 import os
 import sys
-import warnings
 
 import cv2
 import jax
@@ -24,10 +23,17 @@ BATCH = 4
 
 @pytest.fixture(scope="module")
 def renderer():
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
+  import logging
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logging.getLogger("playmate_jax.renderer.api").addHandler(handler)
+  try:
     r = Renderer.random(TINY_MODEL_PARAMS, seed=0, crop_size=64)
-  assert any("RANDOM weights" in str(w.message) for w in caught)
+  finally:
+    logging.getLogger("playmate_jax.renderer.api").removeHandler(handler)
+  assert [rec.getMessage() for rec in records if "RANDOM weights" in rec.getMessage()]  # said once, as a log line
+  assert len(records) == 1
   return r
 
 

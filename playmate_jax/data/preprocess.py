@@ -116,6 +116,12 @@ def emotion_labels(spec: str | None, relpaths: list[str]) -> dict[str, int]:
       else:
         raise UserError(f"{spec}, line {line}: emotion {row[1].strip()!r} is unknown; use one of "
                         f"{', '.join(EMOTIONS)} or a number -1..7.")
+  known = set(relpaths) | {os.path.basename(p) for p in relpaths}
+  unmatched = sorted(name for name in table if name not in known)
+  if unmatched:  # a typo in a path would otherwise lose its label silently
+    log.warning("%d row%s of %s name%s no video under --videos (e.g. %r); %s not used.", len(unmatched),
+                "" if len(unmatched) == 1 else "s", spec, "s" if len(unmatched) == 1 else "", unmatched[0],
+                "its label is" if len(unmatched) == 1 else "their labels are")
   return {p: table.get(p, table.get(os.path.basename(p), -1)) for p in relpaths}
 
 
@@ -184,17 +190,23 @@ def _prepare(job: Job, watch: Stopwatch) -> Prepared:
         sc = tracking.scan(frames, min(1.0, s.scan_max_side / max(info.width, info.height)), s)
     except UserError:
       return _reject(job, "truncated", "damaged or truncated: decoding stopped part-way")
-  expected = round(info.duration * FPS)
-  if expected and sc.num_frames < TRUNCATED_FRACTION * expected - 2:
-    return _reject(job, "truncated", f"damaged or truncated: only {sc.num_frames / FPS:.1f} s of "
-                                     f"{info.duration:.1f} s could be decoded")
-  if sc.num_frames < round(s.min_seconds * FPS):
-    return _reject(job, "too_short", f"shorter than {s.min_seconds:g} s ({sc.num_frames / FPS:.1f} s)")
+  audio, bad_audio = None, False
   try:
     with watch("audio"):
       audio = video_lib.extract_audio(path, info=info)
   except UserError:
+    bad_audio = True
+  # Truncated: neither picture nor sound lasts as long as the container says (sound that simply outlasts the
+  # picture, or the other way round, is a whole file: its clips end where the shorter stream does).
+  expected = round(info.duration * FPS)
+  covered = max(sc.num_frames, 0 if audio is None else len(audio) // HOP)
+  if expected and covered < TRUNCATED_FRACTION * expected - 2:
+    return _reject(job, "truncated", f"damaged or truncated: only {covered / FPS:.1f} s of "
+                                     f"{info.duration:.1f} s could be decoded")
+  if bad_audio:
     return _reject(job, "bad_audio", "the audio track could not be decoded")
+  if sc.num_frames < round(s.min_seconds * FPS):
+    return _reject(job, "too_short", f"shorter than {s.min_seconds:g} s ({sc.num_frames / FPS:.1f} s)")
   if audio is None or not len(audio) or float(np.sqrt(np.mean(np.square(audio)))) < SILENCE_RMS:
     return _reject(job, "silent", "the audio track is silent")
 

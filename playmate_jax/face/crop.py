@@ -239,10 +239,28 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise UserError(f"Image file {path} does not exist; check the path.")
-  image = cv2.imread(path, cv2.IMREAD_COLOR)  # IMREAD_COLOR applies the EXIF orientation
+  # IMREAD_COLOR applies the EXIF orientation (a phone photo as it is displayed) and brings gray, palette, CMYK and
+  # 16-bit pictures to 8-bit BGR.
+  image = cv2.imread(path, cv2.IMREAD_COLOR)
   if image is None:
-    raise UserError(f"Image file {path} could not be read; give a JPEG, PNG or other image OpenCV can open.")
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    raise UserError(f"Image file {path} could not be read; give a JPEG, PNG, WebP or other image OpenCV can open.")
+  if image.shape[0] < 16 or image.shape[1] < 16:
+    raise UserError(f"Image file {path} is only {image.shape[1]}x{image.shape[0]} pixels; give a photo at least "
+                    "64 pixels across the face.")
+  return cv2.cvtColor(_over_white(path, image), cv2.COLOR_BGR2RGB)
+
+
+def _over_white(path: str, bgr: np.ndarray) -> np.ndarray:
+  """A picture with transparency shown as a viewer shows it on a page: its colours over white (IMREAD_COLOR drops
+  the alpha channel, leaving whatever colour the transparent pixels happen to hold)."""
+  if os.path.splitext(path)[1].lower() not in (".png", ".webp", ".tif", ".tiff", ".gif"):
+    return bgr
+  full = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+  if full is None or full.ndim != 3 or full.shape[2] != 4 or full.shape[:2] != bgr.shape[:2]:
+    return bgr
+  scale = 65535.0 if full.dtype == np.uint16 else 255.0
+  alpha = full[..., 3:].astype(np.float32) / scale
+  return np.clip(bgr.astype(np.float32) * alpha + 255.0 * (1.0 - alpha) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _feathered_mask(size: int, feather: float) -> np.ndarray:
