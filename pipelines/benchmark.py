@@ -430,13 +430,13 @@ def bench_audio(weights: str, seconds: float, dtype: str, repeats: int = 3) -> d
   import dataclasses
 
   import jax
-  from playmate_jax.audio import wav2vec2
+  from playmate_jax.audio.wav2vec2_features import FeatureSettings, random_encoder
   from playmate_jax.configlib import load_config
   audio = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "stage1.py")).audio
-  settings = dataclasses.asdict(wav2vec2.FeatureSettings.from_config(audio))
+  settings = dataclasses.asdict(FeatureSettings.from_config(audio))
   settings["dtype"] = dtype
   if weights == "random":
-    encoder = wav2vec2.random_encoder(**settings)
+    encoder = random_encoder(**settings)
   else:
     from playmate_jax.convert.wav2vec2 import load_encoder
     encoder = load_encoder(weights, **settings)
@@ -614,5 +614,10 @@ def main(argv: list[str]) -> int:
   return cli.run(run, compile_cache=args.compile_cache)
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The installed command (pyproject's [project.scripts])."""
   sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  console()

@@ -15,6 +15,7 @@ from flax import nnx
 from configs.stage1 import get_config
 from playmate_jax.audio import get_encoder, load_audio, num_frames
 from playmate_jax.audio import wav2vec2 as w2v
+from playmate_jax.audio.wav2vec2_features import FeatureSettings, Wav2Vec2Encoder, random_encoder
 from playmate_jax.convert import common
 from playmate_jax.convert.torch_io import save_torch_file
 from playmate_jax.convert.wav2vec2 import convert_dir, load_encoder
@@ -47,7 +48,7 @@ def with_params(model, fn):
   return nnx.merge(graphdef, state)
 
 
-def unchunked(enc: w2v.Wav2Vec2Encoder, model, wave: np.ndarray) -> np.ndarray:
+def unchunked(enc: Wav2Vec2Encoder, model, wave: np.ndarray) -> np.ndarray:
   """The 25 fps features by definition: the whole padded waveform in one model call, frame pairs averaged."""
   rows, k = num_frames(len(wave)), enc.frames_per_row
   padded = np.zeros(enc.cfg.total_stride * (rows * k - 1) + enc.cfg.receptive_field, np.float32)
@@ -61,8 +62,8 @@ def unchunked(enc: w2v.Wav2Vec2Encoder, model, wave: np.ndarray) -> np.ndarray:
 _run = nnx.jit(lambda model, wave: model(wave))
 
 
-def encoder(model, cfg, **settings) -> w2v.Wav2Vec2Encoder:
-  return w2v.Wav2Vec2Encoder.from_model(model, cfg, w2v.FeatureSettings(**settings))
+def encoder(model, cfg, **settings) -> Wav2Vec2Encoder:
+  return Wav2Vec2Encoder.from_model(model, cfg, FeatureSettings(**settings))
 
 
 @pytest.fixture(scope="module")
@@ -478,7 +479,7 @@ def test_audio_files(converted, tmp_path):
 
 
 def test_random_base_encoder_is_base_sized():
-  enc = w2v.random_encoder(dtype="float32")  # weights are only made on the first encode
+  enc = random_encoder(dtype="float32")  # weights are only made on the first encode
   assert enc.feature_dim == 768 and enc.name.startswith("wav2vec2-random0") and enc.rows_per_window == 600
   model = w2v.abstract_model(enc.cfg)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -12,7 +12,7 @@ import numpy as np
 
 from playmate_jax.audio.io import load_audio, num_frames
 from playmate_jax.audio.mel import LogMelEncoder
-from playmate_jax.audio.wav2vec2 import Wav2Vec2Encoder
+from playmate_jax.audio.wav2vec2_features import Wav2Vec2Encoder
 from playmate_jax.errors import UserError
 
 

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from playmate_jax.audio import wav2vec2 as w2v
+from playmate_jax.audio.wav2vec2_features import FeatureSettings, Wav2Vec2Encoder
 from playmate_jax.convert import common
 from playmate_jax.convert.torch_io import load_safetensors, load_torch_file
 from playmate_jax.errors import UserError
@@ -185,12 +186,12 @@ def convert_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
   common.save_converted(dst, w2v.KIND, record, params, os.fspath(src))
 
 
-def load_encoder(path: str | os.PathLike, **settings) -> w2v.Wav2Vec2Encoder:
-  """The 25 fps feature encoder over a converted folder; settings as in w2v.FeatureSettings (layers=(-1,), ...)."""
+def load_encoder(path: str | os.PathLike, **settings) -> Wav2Vec2Encoder:
+  """The 25 fps feature encoder over a converted folder; settings as in FeatureSettings (layers=(-1,), ...)."""
   import ml_collections
-  s = w2v.FeatureSettings(**settings)
+  s = FeatureSettings(**settings)
   c = ml_collections.ConfigDict(dict(
       encoder="wav2vec2", weights=os.fspath(path), layers=",".join(str(i) for i in s.layers),
       layer_reduce=s.layer_reduce, chunk_seconds=s.chunk_rows / s.fps, overlap_seconds=s.overlap_rows / s.fps,
       chunk_batch=s.chunk_batch, dtype=s.dtype, sample_rate=s.sample_rate, fps=s.fps))
-  return w2v.Wav2Vec2Encoder(c)
+  return Wav2Vec2Encoder(c)
