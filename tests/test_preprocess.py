@@ -20,7 +20,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from playmate_jax import configlib
-from playmate_jax.data import builder, preprocess
+from playmate_jax.data import builder, decode, preprocess, videostore
 from playmate_jax.errors import UserError
 from tests import videos
 
@@ -56,7 +56,7 @@ def records(out):
 def test_good_videos_become_clips_of_the_right_length_with_aligned_clicks(collection, preprocessed):
   folder, expect = collection
   out, report = preprocessed
-  store = preprocess.VideoStore(str(out))
+  store = videostore.VideoStore(str(out))
   by_clip = {r["clip_id"].decode(): r for split in records(out).values() for r in split}
   good = [name for name, e in expect.items() if e["reject"] is None]
   assert report["accepted"] == len(good)
@@ -90,7 +90,7 @@ def test_picture_and_sound_line_up_frame_by_frame(tmp_path, name, fps):
   rotation = 270 if "rot" in name else None
   size = (240, 320) if rotation else (320, 240)
   videos.talking_face(tmp_path / name, 4.0, fps=fps, size=size, rotation=rotation, clicks=times, flashes=times)
-  p = preprocess.prepare_video(preprocess.Job(str(tmp_path), name, str(tmp_path / "tmp"), 64,
+  p = decode.prepare_video(decode.Job(str(tmp_path), name, str(tmp_path / "tmp"), 64,
                                               preprocess.tracking.TrackSettings()))
   assert p.rejection is None and len(p.clips) == 1, p
   brightness = np.load(p.crops[0]).mean(axis=(1, 2, 3))
@@ -143,7 +143,7 @@ def test_killed_run_resumes_to_the_same_dataset(collection, tmp_path):
          str(resumed), "--renderer", "random:tiny", "--workers", "1", "--batch-size", "32", "--no-progress"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-  done = resumed / preprocess.WORK_DIR / "videos"
+  done = resumed / videostore.WORK_DIR / "videos"
   deadline = time.time() + 240
   while not (done.is_dir() and any(n.endswith(".npz") for n in os.listdir(done))):
     assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]

@@ -1,14 +1,14 @@
 """Preprocessing: a folder of raw talking videos becomes a `playmate_clips` dataset (`pipelines/preprocess.py`).
 
-Per video, in a pool of decode worker processes (`prepare_video`):
+Per video, in a pool of decode worker processes (`data.decode.prepare_video`):
   probe -> reject what is not a usable video (empty, unreadable, a still image, no audio, too short) ->
   scan at 25 fps on shrunk frames (shot cuts, faces: `tracking.scan`) -> clips of one steady face, 3-30 s,
-  one crop square each (`tracking.find_clips`) -> decode again at full size and crop each clip's frames to the
-  renderer's crop size -> the crops and the 16 kHz mono audio go to temporary .npy files.
+  one LivePortrait crop each (`tracking.find_clips`) -> decode again at full size and crop each clip's frames to
+  the renderer's crop size -> the crops and the 16 kHz mono audio go to temporary .npy files.
 Per video, in the main process, which owns the accelerator (`Preprocessor.finish_video`):
   the motion extractor M over the crops in fixed-size jitted batches -> the audio features of the whole
   soundtrack (so clip edges keep their context), sliced per clip -> one result file per video, written
-  atomically (`VideoStore`).
+  atomically (`data.videostore.VideoStore`).
 At the end (`Preprocessor.assemble`): every accepted video's clips, in sorted file order, become the TFDS
 dataset (train and test splits, statistics), written beside and swapped into place; `report.json` and
 `rejects.jsonl` describe the run.
@@ -22,7 +22,6 @@ rerun with other settings is refused rather than mixing the two.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import csv
 import dataclasses
@@ -30,12 +29,10 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import tempfile
 import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -43,11 +40,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from playmate_jax import video as video_lib
 from playmate_jax.data import builder, tracking
+from playmate_jax.data.decode import FPS, HOP, SAMPLE_RATE, Job, Prepared, prepared, workers
+from playmate_jax.data.videostore import VideoStore, source_stamp, write_atomic
 from playmate_jax.errors import UserError
 from playmate_jax.motion import EMOTIONS
-from playmate_jax.face import crop as crop_lib
 from playmate_jax.face import finder as face_finder
 from playmate_jax.timing import Stopwatch
 
@@ -55,14 +52,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
                     ".ts", ".mts")
-FPS, SAMPLE_RATE = 25, 16000
-HOP = SAMPLE_RATE // FPS
-WORK_DIR = ".preprocess"
 REPORT_FILE, REJECTS_FILE = "report.json", "rejects.jsonl"
-SILENCE_RMS = 1e-4          # an audio track quieter than this (full scale 1) is silent
-TRUNCATED_FRACTION = 0.9    # fewer decoded frames than this fraction of the container's duration: truncated
 JPEG_QUALITY = 95
-DECODE_THREADS = 2          # ffmpeg threads per decoding worker (the workers already decode side by side)
 # MEAD's emotion folder names (the dataset's label order), with the other spellings collections use.
 EMOTION_ALIASES = {"anger": 0, "disgust": 2, "fearful": 3, "happiness": 4, "sadness": 6, "surprise": 7,
                    "calm": 5, **{name: i for i, name in enumerate(EMOTIONS)}}
@@ -123,221 +114,6 @@ def emotion_labels(spec: str | None, relpaths: list[str]) -> dict[str, int]:
                 "" if len(unmatched) == 1 else "s", spec, "s" if len(unmatched) == 1 else "", unmatched[0],
                 "its label is" if len(unmatched) == 1 else "their labels are")
   return {p: table.get(p, table.get(os.path.basename(p), -1)) for p in relpaths}
-
-
-# --- decode workers ---------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-  """One video for a decode worker."""
-  root: str
-  relpath: str
-  tmp_dir: str
-  crop_size: int
-  track: tracking.TrackSettings
-
-
-@dataclasses.dataclass
-class Prepared:
-  """A decode worker's answer: the clips (crops and audio in temporary .npy files) or why there are none."""
-  relpath: str
-  clips: list[tracking.Clip] = dataclasses.field(default_factory=list)
-  crops: list[str] = dataclasses.field(default_factory=list)  # one .npy [n, S, S, 3] uint8 per clip
-  audio: str = ""                                               # .npy float32 [samples], the whole soundtrack
-  frames: int = 0                                               # 25 fps frames of the video
-  rejection: tracking.Rejection | None = None
-  error: str = ""                                               # a bug's traceback (the run goes on)
-  seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # time per stage, for the report
-
-
-def _reject(job: Job, kind: str, reason: str) -> Prepared:
-  return Prepared(job.relpath, rejection=tracking.Rejection(kind, reason))
-
-
-def prepare_video(job: Job) -> Prepared:
-  """Decode, track and crop one video (runs in a worker process); never raises for a bad video."""
-  watch = Stopwatch()
-  try:
-    p = _prepare(job, watch)
-  except Exception:  # a bug, not a bad video: recorded, and the run goes on
-    p = Prepared(job.relpath, rejection=tracking.Rejection("error", "internal error (see .preprocess/errors.log)"),
-                 error=traceback.format_exc())
-  p.seconds = watch.seconds
-  return p
-
-
-def _prepare(job: Job, watch: Stopwatch) -> Prepared:
-  path = os.path.join(job.root, job.relpath)
-  s = job.track
-  if os.path.getsize(path) == 0:
-    return _reject(job, "empty", "the file is empty (0 bytes)")
-  try:
-    with watch("open"):
-      info, frames = video_lib.stream(path, FPS, max_side=s.scan_max_side, threads=DECODE_THREADS)
-  except video_lib.TruncatedVideo:
-    return _reject(job, "truncated", "incomplete: its index (the mp4 'moov' atom) is missing, the copy was cut off")
-  except UserError:
-    return _reject(job, "not_video", "not a video ffmpeg can read (another kind of file, or damaged beyond repair)")
-  with contextlib.closing(frames):
-    if info.is_still_image:
-      return _reject(job, "still_image", f"a still image ({info.codec.rstrip(',')}), not a video")
-    if not info.has_audio:
-      return _reject(job, "no_audio", "no audio track")
-    if 0 < info.duration < s.min_seconds:
-      return _reject(job, "too_short", f"shorter than {s.min_seconds:g} s ({info.duration:.1f} s)")
-    try:
-      with watch("scan"):
-        sc = tracking.scan(frames, min(1.0, s.scan_max_side / max(info.width, info.height)), s)
-    except UserError:
-      return _reject(job, "truncated", "damaged or truncated: decoding stopped part-way")
-  audio, bad_audio = None, False
-  try:
-    with watch("audio"):
-      audio = video_lib.extract_audio(path, info=info)
-  except UserError:
-    bad_audio = True
-  # Truncated: neither picture nor sound lasts as long as the container says (sound that simply outlasts the
-  # picture, or the other way round, is a whole file: its clips end where the shorter stream does).
-  expected = round(info.duration * FPS)
-  covered = max(sc.num_frames, 0 if audio is None else len(audio) // HOP)
-  if expected and covered < TRUNCATED_FRACTION * expected - 2:
-    return _reject(job, "truncated", f"damaged or truncated: only {covered / FPS:.1f} s of "
-                                     f"{info.duration:.1f} s could be decoded")
-  if bad_audio:
-    return _reject(job, "bad_audio", "the audio track could not be decoded")
-  if sc.num_frames < round(s.min_seconds * FPS):
-    return _reject(job, "too_short", f"shorter than {s.min_seconds:g} s ({sc.num_frames / FPS:.1f} s)")
-  if audio is None or not len(audio) or float(np.sqrt(np.mean(np.square(audio)))) < SILENCE_RMS:
-    return _reject(job, "silent", "the audio track is silent")
-
-  clips, rejection = tracking.find_clips(sc, s)
-  if rejection is not None:
-    return Prepared(job.relpath, frames=sc.num_frames, rejection=rejection)
-  audio_frames = len(audio) // HOP  # clips end where the audio does
-  clips = [dataclasses.replace(c, stop=min(c.stop, audio_frames)) for c in clips]
-  clips = [c for c in clips if c.num_frames >= round(s.min_seconds * FPS)]
-  if not clips:
-    return _reject(job, "too_short", f"the audio track covers only {len(audio) / SAMPLE_RATE:.1f} s")
-
-  os.makedirs(job.tmp_dir, exist_ok=True)
-  stem = os.path.join(job.tmp_dir, hashlib.sha1(job.relpath.encode()).hexdigest()[:16])
-  with watch("crop"):
-    crops = _crop_clips(path, clips, job.crop_size, stem, (info.width, info.height))
-  if crops is None:
-    return _reject(job, "truncated", "damaged or truncated: decoding stopped part-way")
-  np.save(stem + "-audio.npy", audio)
-  return Prepared(job.relpath, clips=clips, crops=crops, audio=stem + "-audio.npy", frames=sc.num_frames)
-
-
-def _region(clips: list[tracking.Clip], size: tuple[int, int]) -> tuple[int, int, int, int]:
-  """The part of the frame (x, y, w, h; even, inside the frame) that holds every clip's crop square."""
-  width, height = size
-  x0 = min(c.square[0] - c.square[2] / 2 for c in clips)
-  y0 = min(c.square[1] - c.square[2] / 2 for c in clips)
-  x1 = max(c.square[0] + c.square[2] / 2 for c in clips)
-  y1 = max(c.square[1] + c.square[2] / 2 for c in clips)
-  x0, y0 = max(0, int(np.floor(x0)) - 2) // 2 * 2, max(0, int(np.floor(y0)) - 2) // 2 * 2
-  x1, y1 = min(width, int(np.ceil(x1)) + 2), min(height, int(np.ceil(y1)) + 2)
-  w, h = max(2, (x1 - x0) // 2 * 2), max(2, (y1 - y0) // 2 * 2)
-  return x0, y0, w, h
-
-
-def _crop_clips(path: str, clips: list[tracking.Clip], size: int, stem: str,
-                frame_size: tuple[int, int]) -> list[str] | None:
-  """Decodes the part of the video that the clips' squares cover, at full resolution, once, and saves each
-  clip's crops as `stem-k.npy`; None if decoding fails."""
-  x, y, _, _ = region = _region(clips, frame_size)
-  out, k, buf = [], 0, []
-  try:
-    _, frames = video_lib.stream(path, FPS, region=region, threads=DECODE_THREADS)
-    for i, frame in enumerate(frames):
-      if k == len(clips):
-        frames.close()
-        break
-      clip = clips[k]
-      if clip.start <= i < clip.stop:
-        shifted = clip.matrix.copy()
-        shifted[:2, 2] -= (x, y)  # the matrix in the decoded region's pixels
-        buf.append(crop_lib.crop256(frame, shifted, crop_lib.SOURCE.dsize, size))
-      if i == clip.stop - 1:
-        out.append(f"{stem}-{k}.npy")
-        np.save(out[-1], np.stack(buf))
-        k, buf = k + 1, []
-  except UserError:
-    return None
-  return out if k == len(clips) else None
-
-
-# --- results of finished videos ------------------------------------------------------------------------------------
-
-def _source_stamp(path: str) -> dict:
-  st = os.stat(path)
-  return dict(size=int(st.st_size), mtime_ns=int(st.st_mtime_ns))
-
-
-class VideoStore:
-  """DATA_DIR/.preprocess: settings.json, one result per finished video (videos/KEY.json, plus KEY.npz with
-  the clips' arrays for an accepted video; the .json, written last, marks it done), tmp/ for the workers."""
-
-  def __init__(self, out_dir: str):
-    self.root = os.path.join(out_dir, WORK_DIR)
-    self.videos = os.path.join(self.root, "videos")
-    self.tmp = os.path.join(self.root, "tmp")
-    os.makedirs(self.videos, exist_ok=True)
-
-  def check_settings(self, settings: Mapping[str, Any]) -> None:
-    """Records the settings on the first run; refuses a rerun whose settings differ."""
-    path = os.path.join(self.root, "settings.json")
-    settings = json.loads(json.dumps(settings))
-    if os.path.isfile(path):
-      with open(path) as f:
-        before = json.load(f)
-      if before != settings:
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-        raise UserError(f"{os.path.dirname(self.root)} was preprocessed with other settings ({', '.join(changed)} "
-                        "differ); use another --out folder, or delete it to start over.")
-      return
-    _write_atomic(path, json.dumps(settings, indent=1, sort_keys=True).encode())
-
-  def _key(self, relpath: str) -> str:
-    return os.path.join(self.videos, hashlib.sha1(relpath.encode()).hexdigest()[:20])
-
-  def load(self, relpath: str, source: str) -> dict | None:
-    """The finished result of a video (its metadata), or None if it is not done or the file changed since."""
-    try:
-      with open(self._key(relpath) + ".json") as f:
-        meta = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-      return None
-    return meta if meta.get("file") == relpath and meta.get("source") == _source_stamp(source) else None
-
-  def save(self, meta: dict, arrays: Mapping[str, np.ndarray] | None = None) -> None:
-    key = self._key(meta["file"])
-    if arrays is not None:
-      buf = io.BytesIO()
-      np.savez(buf, **arrays)
-      _write_atomic(key + ".npz", buf.getvalue())
-    _write_atomic(key + ".json", json.dumps(meta).encode())
-
-  def arrays(self, relpath: str) -> Any:
-    return np.load(self._key(relpath) + ".npz")
-
-  def clear_tmp(self) -> None:
-    shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
 
 
 # --- the main process: motion, audio features, the dataset ---------------------------------------------------------
@@ -415,7 +191,7 @@ class Preprocessor:
 
   def finish_video(self, p: Prepared, source: str) -> dict:
     """Motion and audio features of a prepared video, saved; returns its metadata."""
-    meta = dict(file=p.relpath, source=_source_stamp(source), frames=p.frames)
+    meta = dict(file=p.relpath, source=source_stamp(source), frames=p.frames)
     if p.rejection is not None:
       meta.update(status="rejected", kind=p.rejection.kind, reason=p.rejection.reason)
       self.store.save(meta)
@@ -463,8 +239,8 @@ class Preprocessor:
     frames_done, worker_seconds = 0, Counter()
     bar = tqdm(total=len(relpaths), initial=len(relpaths) - len(todo), unit="video", desc="preprocess",
                dynamic_ncols=True, disable=not s.progress)
-    with bar, _workers(s.workers) as pool:
-      for p in _prepared(pool, jobs, max(1, s.workers) + 2):
+    with bar, workers(s.workers) as pool:
+      for p in prepared(pool, jobs, max(1, s.workers) + 2):
         if p.error:
           self._log_error(p)
         results[p.relpath] = self.finish_video(p, os.path.join(s.videos, p.relpath))
@@ -480,7 +256,7 @@ class Preprocessor:
                   run_frames_per_second=round(frames_done / max(elapsed, 1e-9), 1),
                   run_worker_seconds=rounded(worker_seconds), run_main_seconds=rounded(self.watch.seconds),
                   workers=s.workers)
-    _write_atomic(os.path.join(s.out, REPORT_FILE), json.dumps(report, indent=1).encode())
+    write_atomic(os.path.join(s.out, REPORT_FILE), json.dumps(report, indent=1).encode())
     return report
 
   def _log_error(self, p: Prepared) -> None:
@@ -541,7 +317,7 @@ class Preprocessor:
     if os.path.isdir(final) and os.path.isfile(stamp_path) and open(stamp_path).read() == stamp:
       return report  # the dataset already holds exactly these clips
     self._write(relpaths, results, emotions, final)
-    _write_atomic(stamp_path, stamp.encode())
+    write_atomic(stamp_path, stamp.encode())
     return report
 
   def _write(self, relpaths, results, emotions, final: str) -> None:
@@ -580,47 +356,6 @@ def _forced_test(clip_ids: list[str], fraction: float) -> str | None:
 
 def _is_test(clip_id: str, fraction: float, forced: str | None) -> bool:
   return _hash_fraction(clip_id) < fraction or clip_id == forced
-
-
-def _worker_setup() -> None:
-  """A decode worker runs the face models on its own CPU core: never on the accelerator (the main process holds
-  it), and single-threaded (the workers already fill the cores)."""
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-  import jax
-  jax.config.update("jax_platforms", "cpu")
-
-
-@contextlib.contextmanager
-def _workers(n: int):
-  """A pool of n spawned decode processes (spawn: the main process runs JAX, which must not be forked), or
-  None for decoding in the main process."""
-  if n <= 0:
-    yield None
-    return
-  pool = cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup)
-  try:
-    yield pool
-  finally:
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _prepared(pool, jobs: list[Job], in_flight: int) -> Iterator[Prepared]:
-  """prepare_video over the jobs, at most `in_flight` at a time, in completion order."""
-  if pool is None:
-    yield from map(prepare_video, jobs)
-    return
-  pending, queue = set(), iter(jobs)
-  for job in queue:
-    pending.add(pool.submit(prepare_video, job))
-    if len(pending) >= in_flight:
-      break
-  while pending:
-    done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-    for future in done:
-      yield future.result()
-      nxt = next(queue, None)
-      if nxt is not None:
-        pending.add(pool.submit(prepare_video, nxt))
 
 
 def summary_line(report: Mapping[str, Any]) -> str:
