@@ -225,5 +225,10 @@ def main(argv: list[str]) -> int:
   return cli.run(run)
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The installed command (pyproject's [project.scripts])."""
   sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  console()

@@ -1,4 +1,4 @@
-"""Training entry point.
+"""Training: the loop every config reuses (`launch.py` at the repository's root runs this).
 
   python launch.py --config=configs/stage1.py[:demo|:tiny] --workdir=DIR [--config.KEY=VALUE ...]
   python launch.py --config=configs/stage2.py[:demo|:tiny] --workdir=DIR2 --config.init_from=DIR [...]
@@ -45,5 +45,10 @@ def main(argv: list[str]) -> int:
   return cli.run(train)
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The installed command (pyproject's [project.scripts])."""
   sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  console()

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
-import numpy as np
 
 from playmate_jax import configlib
 from playmate_jax.train import checkpoint as ckpt_lib
@@ -41,8 +41,8 @@ def final_params(workdir):
 
 
 def assert_trees_close(a, b, **tol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+  """Same structure, leaves equal within rtol/atol (chex: the structure is compared too)."""
+  chex.assert_trees_all_close(jax.device_get(a), jax.device_get(b), **tol)
 
 
 def wait_for(predicate, proc, timeout=300):
