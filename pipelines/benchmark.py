@@ -373,7 +373,7 @@ def bench_render(renderer: str, batch_sizes: list[int], steps: int, parts: bool 
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from playmate_jax.convert import common
+  from playmate_jax import shapes
   from playmate_jax.renderer.api import Renderer, jit_module
   from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS, TINY_MODEL_PARAMS
   from playmate_jax.renderer.networks import abstract_params, networks_with_params
@@ -382,9 +382,9 @@ def bench_render(renderer: str, batch_sizes: list[int], steps: int, parts: bool 
   if renderer in ("random", "random:tiny"):  # random:tiny: a quick check on a CPU
     model_params = RELEASED_MODEL_PARAMS if renderer == "random" else TINY_MODEL_PARAMS
     crop_size = 256 if renderer == "random" else 64
-    params = common.random_params(abstract_params(model_params))
+    params = shapes.random_params(abstract_params(model_params))
   else:
-    model_params, params = common.load_converted(renderer, "liveportrait")
+    model_params, params = shapes.load_converted(renderer, "liveportrait")
   renderers = {name: Renderer(networks_with_params(model_params, params, dtype), model_params, dtype=dtype,
                               crop_size=crop_size)
                for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16))}

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from playmate_jax.convert import common
+from playmate_jax import shapes
 from playmate_jax.convert.liveportrait import RETARGETING_FILE, convert_dir
 from playmate_jax.convert.torch_io import load_torch_file, save_torch_file
 from playmate_jax.errors import UserError
@@ -28,7 +28,7 @@ def rel_l2(ours, ref):
 
 def load_networks(folder):
   from playmate_jax.renderer.networks import networks_with_params
-  return networks_with_params(*common.load_converted(folder, "liveportrait"))
+  return networks_with_params(*shapes.load_converted(folder, "liveportrait"))
 
 
 @pytest.mark.parity
@@ -131,7 +131,7 @@ def test_parity_dir_broken_checkpoint_is_one_sentence(parity_dir, tmp_path, chan
   with pytest.raises(UserError) as e:
     convert_dir(src, tmp_path / "out")
   assert expected in str(e.value) and "appearance_feature_extractor.pth" in str(e.value)
-  assert not (tmp_path / "out" / common.PARAMS_FILE).exists()
+  assert not (tmp_path / "out" / shapes.PARAMS_FILE).exists()
 
 
 def test_parity_dir_broken_retargeting_and_missing_file(parity_dir, tmp_path):

@@ -117,9 +117,9 @@ def test_warp_decode_is_deterministic_and_batch_invariant(renderer):
 
 
 def test_load_round_trip_keeps_every_parameter(renderer, tmp_path):
-  from playmate_jax.convert import common
+  from playmate_jax import shapes
   params = nnx_params(renderer)
-  common.save_converted(tmp_path / "w", "liveportrait", TINY_MODEL_PARAMS, params, str(tmp_path))
+  shapes.save_converted(tmp_path / "w", "liveportrait", TINY_MODEL_PARAMS, params, str(tmp_path))
   loaded = Renderer.load(str(tmp_path / "w"), crop_size=64)
   assert jax.tree.structure(nnx_params(loaded)) == jax.tree.structure(params)
   for a, b in zip(jax.tree.leaves(nnx_params(loaded)), jax.tree.leaves(params)):
@@ -127,7 +127,7 @@ def test_load_round_trip_keeps_every_parameter(renderer, tmp_path):
   x = renderer.keypoints(renderer.extract_motion(_crops(1, seed=3)))
   np.testing.assert_array_equal(loaded.stitch(x, x), renderer.stitch(x, x))
   params["spade_generator"]["fc"]["bias"] = params["spade_generator"]["fc"]["bias"][:-1]
-  common.save_converted(tmp_path / "bad", "liveportrait", TINY_MODEL_PARAMS, params, str(tmp_path))
+  shapes.save_converted(tmp_path / "bad", "liveportrait", TINY_MODEL_PARAMS, params, str(tmp_path))
   with pytest.raises(UserError, match="spade_generator/fc/bias"):
     Renderer.load(str(tmp_path / "bad"), crop_size=64)
 

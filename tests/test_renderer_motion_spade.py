@@ -16,7 +16,8 @@ import pytest
 import yaml
 from flax import nnx
 
-from playmate_jax.convert.common import SourceDict, check_covers, conv_kernel
+from playmate_jax.convert.common import SourceDict, conv_kernel
+from playmate_jax.shapes import check_covers
 from playmate_jax.convert.liveportrait import motion_extractor as convert_me
 from playmate_jax.convert.liveportrait import spade as convert_spade
 from playmate_jax.convert.liveportrait import stitching as convert_stitching

@@ -16,7 +16,7 @@ from configs.stage1 import get_config
 from playmate_jax.audio import get_encoder, load_audio, num_frames
 from playmate_jax.audio import wav2vec2 as w2v
 from playmate_jax.audio.wav2vec2_features import FeatureSettings, Wav2Vec2Encoder, random_encoder
-from playmate_jax.convert import common
+from playmate_jax import shapes
 from playmate_jax.convert.torch_io import save_torch_file
 from playmate_jax.convert.wav2vec2 import convert_dir, load_encoder
 from playmate_jax.errors import UserError
@@ -108,9 +108,9 @@ def test_parity_legacy_bin_equals_safetensors(parity_dir, tmp_path):
     pytest.skip(f"{legacy} not in this vector set")
   convert_dir(base, tmp_path / "a")
   convert_dir(legacy, tmp_path / "b")  # pytorch_model.bin, `wav2vec2.` prefix, weight_g/weight_v, lm_head
-  (ca, pa), (cb, pb) = common.load_converted(tmp_path / "a", "wav2vec2"), common.load_converted(tmp_path / "b",
+  (ca, pa), (cb, pb) = shapes.load_converted(tmp_path / "a", "wav2vec2"), shapes.load_converted(tmp_path / "b",
                                                                                                "wav2vec2")
-  fa, fb = common.flatten(pa), common.flatten(pb)
+  fa, fb = shapes.flatten(pa), shapes.flatten(pb)
   assert fa.keys() == fb.keys()
   for k in fa:
     np.testing.assert_allclose(fa[k], fb[k], rtol=1e-6, atol=1e-7, err_msg=k)
@@ -143,7 +143,7 @@ def test_task_model_heads_are_ignored(tiny_hf, tmp_path):
                "quantizer.codevectors": np.zeros((1, 640, 128), np.float32),
                "project_q.weight": np.zeros((256, 256), np.float32), "wav2vec2.masked_spec_embed": np.zeros(16)})
   convert_dir(hf_folder(tmp_path, task, config), tmp_path / "task")
-  _, params = common.load_converted(tmp_path / "task", "wav2vec2")
+  _, params = shapes.load_converted(tmp_path / "task", "wav2vec2")
   assert "lm_head" not in params and params["encoder"]["layers"][1]["output"]["kernel"].shape == (32, 16)
 
 
@@ -171,7 +171,7 @@ def test_conversion_errors_are_one_sentence(tiny_hf, tmp_path, change, match):
   with pytest.raises(UserError) as err:
     convert_dir(folder, tmp_path / "out")
   assert match in one_sentence(err)
-  assert not os.path.exists(tmp_path / "out" / common.PARAMS_FILE)
+  assert not os.path.exists(tmp_path / "out" / shapes.PARAMS_FILE)
 
 
 def test_hubert_conv_pos_batch_norm_is_folded(tmp_path):
@@ -357,7 +357,7 @@ def test_layers_mean_and_bfloat16(models, speech):
 def tiny_hf(models):
   """HF-layout tensors and config.json of the tiny group-norm model (weight norm as weight_g / weight_v)."""
   cfg, model = models["group"]
-  params = common.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  params = shapes.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   d = cfg.hidden_size
   t = {}
   for i in range(7):

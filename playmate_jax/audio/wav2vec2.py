@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from playmate_jax.convert import common
+from playmate_jax import shapes
 from playmate_jax.errors import UserError
 from playmate_jax.shapes import abstract_module
 
@@ -335,18 +335,18 @@ def abstract_model(cfg: Wav2Vec2Config, dtype: Any = jnp.float32) -> Wav2Vec2Mod
 
 
 def expected_params(cfg: Wav2Vec2Config) -> dict[str, Any]:
-  """The parameter tree of the model as ShapeDtypeStructs (for common.check_covers and random weights)."""
-  return common.abstract_params(abstract_model(cfg))
+  """The parameter tree of the model as ShapeDtypeStructs (for shapes.check_covers and random weights)."""
+  return shapes.abstract_params(abstract_model(cfg))
 
 
 def model_from_params(cfg: Wav2Vec2Config, params: Mapping[str, Any], dtype: Any = jnp.float32) -> Wav2Vec2Model:
   """The model holding `params` (the nested dict layout of nnx.to_pure_dict(nnx.state(model, nnx.Param)))."""
-  return common.with_params(abstract_model(cfg, dtype), params)
+  return shapes.with_params(abstract_model(cfg, dtype), params)
 
 
 def random_params(cfg: Wav2Vec2Config, seed: int = 0) -> dict[str, Any]:
   """Random parameters in numpy (fast, no compilation): kernels N(0, 1 / fan_in), norms identity, biases 0.1 N."""
-  return common.random_params(expected_params(cfg), seed, bias_std=0.1)
+  return shapes.random_params(expected_params(cfg), seed, bias_std=0.1)
 
 
 def random_model(cfg: Wav2Vec2Config | None = None, *, seed: int = 0, dtype: Any = jnp.float32) -> Wav2Vec2Model:
@@ -358,7 +358,7 @@ def random_model(cfg: Wav2Vec2Config | None = None, *, seed: int = 0, dtype: Any
 def params_digest(cfg_record: Mapping[str, Any], params: Mapping[str, Any]) -> str:
   """sha256 over a JSON record (model config and preprocessing) and every parameter's path, shape and bytes."""
   h = hashlib.sha256(json.dumps(cfg_record, sort_keys=True).encode())
-  for path, value in sorted(common.flatten(params).items()):
+  for path, value in sorted(shapes.flatten(params).items()):
     value = np.ascontiguousarray(value, np.float32)
     h.update(f"{path}:{value.shape}".encode())
     h.update(value.tobytes())
@@ -370,9 +370,9 @@ def params_digest(cfg_record: Mapping[str, Any], params: Mapping[str, Any]) -> s
 def read_manifest(path: str | os.PathLike) -> tuple[Wav2Vec2Config, dict[str, Any]]:
   """(model config, manifest config record) of a converted folder, without reading its parameters."""
   path = os.fspath(path)
-  manifest = os.path.join(path, common.MANIFEST_FILE)
+  manifest = os.path.join(path, shapes.MANIFEST_FILE)
   if not os.path.isfile(manifest):
-    raise UserError(f"{path} is not a converted wav2vec2/HuBERT folder (no {common.MANIFEST_FILE}); convert the "
+    raise UserError(f"{path} is not a converted wav2vec2/HuBERT folder (no {shapes.MANIFEST_FILE}); convert the "
                     f"HF model folder first with `python pipelines/convert.py wav2vec2 --src HF_DIR --dst {path}`.")
   try:
     with open(manifest) as f:
@@ -393,6 +393,6 @@ def read_manifest(path: str | os.PathLike) -> tuple[Wav2Vec2Config, dict[str, An
 def load_model(path: str | os.PathLike, dtype: Any = jnp.float32) -> tuple[Wav2Vec2Config, Wav2Vec2Model]:
   """(config, model) from a converted folder (pipelines/convert.py wav2vec2)."""
   cfg, _ = read_manifest(path)
-  _, params = common.load_converted(path, KIND)
-  common.check_covers(expected_params(cfg), params, os.fspath(path))
+  _, params = shapes.load_converted(path, KIND)
+  shapes.check_covers(expected_params(cfg), params, os.fspath(path))
   return cfg, model_from_params(cfg, params, dtype)

@@ -25,6 +25,7 @@ import numpy as np
 
 from playmate_jax.audio import wav2vec2 as w2v
 from playmate_jax.audio.wav2vec2_features import FeatureSettings, Wav2Vec2Encoder
+from playmate_jax import shapes
 from playmate_jax.convert import common
 from playmate_jax.convert.torch_io import load_safetensors, load_torch_file
 from playmate_jax.errors import UserError
@@ -180,10 +181,10 @@ def convert_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         k.endswith("feature_projection.layer_norm.weight") for k in tensors))
   cfg = w2v.Wav2Vec2Config.from_dict(hf_config, os.path.join(os.fspath(src), "config.json"))
   params = convert_state_dict(tensors, cfg, file)
-  common.check_covers(w2v.expected_params(cfg), params, file)
+  shapes.check_covers(w2v.expected_params(cfg), params, file)
   record = {"model": cfg.to_dict(), "do_normalize": do_normalize}
   record["digest"] = w2v.params_digest(record, params)
-  common.save_converted(dst, w2v.KIND, record, params, os.fspath(src))
+  shapes.save_converted(dst, w2v.KIND, record, params, os.fspath(src))
 
 
 def load_encoder(path: str | os.PathLike, **settings) -> Wav2Vec2Encoder:

@@ -27,11 +27,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from playmate_jax import motion
+from playmate_jax import motion, shapes
 from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS
+from playmate_jax.renderer.networks import abstract_networks
 CROP_SIZE = 256  # LivePortrait feeds its networks 256x256 face crops
 
 KIND = "liveportrait"
@@ -122,24 +122,20 @@ class Renderer:
   @classmethod
   def load(cls, path: str, dtype: Any = jnp.float32, crop_size: int = CROP_SIZE) -> "Renderer":
     """From a folder written by `python pipelines/convert.py liveportrait` (UserError if it is not one)."""
-    from playmate_jax.convert import common
-    from playmate_jax.renderer.networks import abstract_networks
-    config, params = common.load_converted(path, KIND)
-    networks = abstract_networks(config, dtype)  # traced once (a second of host time at the released sizes)
-    common.check_covers(common.abstract_params(networks), params, f"LivePortrait weights in {path}")
-    return cls(common.with_params(networks, params), config, dtype=dtype, crop_size=crop_size)
+    config, params = shapes.load_converted(path, KIND)
+    networks = abstract_networks(config, dtype)
+    shapes.check_covers(shapes.abstract_params(networks), params, f"LivePortrait weights in {path}")
+    return cls(shapes.with_params(networks, params), config, dtype=dtype, crop_size=crop_size)
 
   @classmethod
   def random(cls, config: Mapping[str, Any] | None = None, seed: int = 0, dtype: Any = jnp.float32,
              crop_size: int = CROP_SIZE) -> "Renderer":
     """Randomly initialized networks (for tests and demos), full size unless `config` says otherwise."""
-    from playmate_jax.convert import common
-    from playmate_jax.renderer.networks import abstract_networks
     logging.getLogger(__name__).warning(RANDOM_WARNING)
     config = dict(config or RELEASED_MODEL_PARAMS)
     networks = abstract_networks(config, dtype)
-    params = common.random_params(common.abstract_params(networks), seed)  # on the host (NNX init: a compile per shape)
-    return cls(common.with_params(networks, params), config, dtype=dtype, crop_size=crop_size)
+    params = shapes.random_params(shapes.abstract_params(networks), seed)  # on the host: no compile per shape
+    return cls(shapes.with_params(networks, params), config, dtype=dtype, crop_size=crop_size)
 
   @classmethod
   def from_spec(cls, spec: str, dtype: Any = jnp.float32) -> "Renderer":

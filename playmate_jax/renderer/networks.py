@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 from flax import nnx
 
-from playmate_jax.convert import common
+from playmate_jax import shapes
 from playmate_jax.renderer.appearance import AppearanceFeatureExtractor
 from playmate_jax.renderer.motion_extractor import MotionExtractor
 from playmate_jax.renderer.spade import SPADEDecoder
@@ -40,10 +40,10 @@ def abstract_networks(model_params: Mapping[str, Any], dtype: Any = jnp.float32)
 
 def abstract_params(model_params: Mapping[str, Any]) -> dict[str, Any]:
   """The parameter tree (pure dict of ShapeDtypeStructs) the converted weights must cover exactly."""
-  return common.abstract_params(abstract_networks(model_params))
+  return shapes.abstract_params(abstract_networks(model_params))
 
 
 def networks_with_params(model_params: Mapping[str, Any], params: Mapping[str, Any],
                          dtype: Any = jnp.float32) -> LivePortraitNetworks:
   """The networks holding `params` (converted or random weights), built without a wasted initialization."""
-  return common.with_params(abstract_networks(model_params, dtype), params)
+  return shapes.with_params(abstract_networks(model_params, dtype), params)

@@ -17,6 +17,7 @@ exactly once and checks every shape; the result must cover every parameter of th
 import os
 from typing import Any, Mapping
 
+from playmate_jax import shapes
 from playmate_jax.convert import common
 from playmate_jax.convert.liveportrait import appearance, motion_extractor, spade, stitching, warping
 from playmate_jax.convert.torch_io import load_torch_file
@@ -89,6 +90,6 @@ def convert_dir(src: str | os.PathLike, dst: str | os.PathLike, models_yaml: str
   model_params = model_params_for(src, models_yaml)
   base, retargeting = load_state_dicts(src)
   params = convert_state_dicts(base, retargeting, model_params, src)
-  common.check_covers(abstract_params(model_params), params, f"LivePortrait weights in {src}")
-  common.save_converted(dst, KIND, model_params, params, src)
+  shapes.check_covers(abstract_params(model_params), params, f"LivePortrait weights in {src}")
+  shapes.save_converted(dst, KIND, model_params, params, src)
   return params
