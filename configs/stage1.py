@@ -43,6 +43,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # k = 1 / 2 / 4, BENCHMARKS.md), with batches of B/k clips instead of B.
   # 1: one window per clip read.
   c.data.windows_per_clip = 4
+  # The source (identity condition, and previous motion before a clip's start) is a frame of the clip: its pose,
+  # and with "clip" its own expression, with "reference" the speaker's reference expression from the dataset
+  # statistics (stage 2's choice, configs/stage2.py).
+  c.data.source_expression = "clip"
+  c.data.start_prob = 0.0             # share of training windows made sequence starts (previous motion = the source)
 
   # Audio features: the encoder that produced the dataset's `audio/features`.
   c.audio = ml_collections.ConfigDict()

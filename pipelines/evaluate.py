@@ -29,20 +29,20 @@ from playmate_jax.errors import UserError  # noqa: E402
 
 
 def train_classifier(config, stats):
-  """The emotion classifier of config.eval.classifier (defaults for older configs) on the labelled train clips."""
+  """The emotion classifier of config.eval.classifier on the labelled train clips."""
   import numpy as np
   from playmate_jax.data import pipeline
   from playmate_jax.train import emotion_classifier as classifier_lib
-  settings = config.eval.get("classifier", {})
-  clips = pipeline.load_labelled_expressions(config, config.data.train_split, settings.get("max_clips", None))
+  settings = config.eval.classifier
+  clips = pipeline.load_labelled_expressions(config, config.data.train_split, settings.max_clips)
   if len({c["emotion"] for c in clips}) < 2:
     raise UserError(f"Split {config.data.train_split!r} has {len(clips)} clips with an emotion label, of fewer than "
                     "two emotions, so no emotion classifier can be trained; label the clips (preprocess.py "
                     "--emotions) or evaluate a stage-1 checkpoint.")
   features = np.stack([classifier_lib.clip_feature(c["exp"], stats.reference_expression(c["speaker_id"]))
                        for c in clips])
-  kwargs = {k: settings[k] for k in ("steps", "lr", "l2") if k in settings}
-  return classifier_lib.train_classifier(features, [c["emotion"] for c in clips], **kwargs)
+  return classifier_lib.train_classifier(features, [c["emotion"] for c in clips], steps=settings.steps, lr=settings.lr,
+                                         l2=settings.l2)
 
 
 def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips: int | None = None,
@@ -60,6 +60,7 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips:
   run = ckpt_lib.restore_run(checkpoint)
   config = configlib.apply_overrides(run.config.copy_and_resolve_references(), overrides or {})
   config.lock()
+  configlib.validate(config)   # the overridden values too; a restored run's config: no device count
   split = split or config.data.eval_split
   clips = data.load_eval_clips(config, split, num_clips, max_frames)
   if not clips:

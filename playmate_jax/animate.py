@@ -65,9 +65,11 @@ class MotionModel:
     self.params, self.config, self.stats = run.params, run.config, run.stats
     self.workdir = run.workdir
     if ddim_steps is not None:
+      from playmate_jax import configlib
       self.config = self.config.copy_and_resolve_references()
       with self.config.unlocked():
         self.config.sample.ddim_steps = int(ddim_steps)
+      configlib.validate(self.config)   # a restored run's config: no device count
     self.encoder = audio.get_encoder(self.config.audio)
     self.sampler = window_sampler(self.config, self.encoder.feature_dim)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from playmate_jax import data, motion
+from playmate_jax import configlib, data, motion
 from playmate_jax.data import builder, demo, stats as stats_lib
 from playmate_jax.errors import UserError
 
@@ -286,7 +286,7 @@ def test_windows_per_clip(demo_dir):
   clips = [by_kp[row.tobytes()][0] for row in b["identity"][:, 69:]]
   assert clips[0::2] == clips[1::2] and len(set(clips)) == d.batch_size // 2
   with pytest.raises(UserError, match="windows_per_clip"):
-    data.make_train_iterator(_config(demo_dir, windows_per_clip=3))
+    configlib.validate(_config(demo_dir, windows_per_clip=3))
 
 
 def test_process_sharding(demo_dir):
@@ -300,7 +300,7 @@ def test_process_sharding(demo_dir):
     seen.append(set(clips))
   assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(n))
   with pytest.raises(UserError, match="divisible"):
-    data.make_train_iterator(_config(demo_dir), 0, 3)
+    configlib.validate(_config(demo_dir), process_count=3)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from configs.stage1 import get_config
+from playmate_jax import configlib
 from playmate_jax.errors import UserError
 from playmate_jax.generator import (Diffusion, MotionDiT, count_params, ddim_sample, ddim_timesteps, guided_eps,
                                     make_window_sampler, sample_sequence, sample_window, training_loss,
@@ -136,10 +137,11 @@ def test_dropout_only_with_key():
 
 
 def test_config_errors():
+  """The model's settings are checked by configlib.validate, before any model is built."""
   with pytest.raises(UserError, match="num_heads"):
-    make_model(tiny_config(num_heads=3))
+    configlib.validate(tiny_config(num_heads=3))
   with pytest.raises(UserError, match="dtype"):
-    make_model(tiny_config(dtype="int8"))
+    configlib.validate(tiny_config(dtype="int8"))
 
 
 def test_paper_scale_parameter_count():
@@ -168,12 +170,15 @@ def test_schedule_properties(schedule):
 
 
 def test_schedule_errors():
-  dcfg = get_config().diffusion
-  dcfg.schedule = "quadratic"
+  """The schedule and the DDIM steps are checked by configlib.validate."""
+  cfg = get_config()
+  cfg.diffusion.schedule = "quadratic"
   with pytest.raises(UserError, match="schedule"):
-    Diffusion.from_config(dcfg)
+    configlib.validate(cfg)
+  cfg = get_config()
+  cfg.diffusion.num_timesteps, cfg.sample.ddim_steps = 100, 101
   with pytest.raises(UserError, match="ddim_steps"):
-    ddim_timesteps(100, 101)
+    configlib.validate(cfg)
 
 
 def test_q_sample_statistics():
@@ -421,11 +426,12 @@ def test_attention_kernel_setting(monkeypatch):
   branch's call (layout [B, N, heads, head_dim], default scale) computes what the einsum branch does; checked
   here through jax.nn.dot_product_attention's XLA implementation, the same function cuDNN's kernel computes."""
   from playmate_jax.generator import dit
-  cfg = get_config("tiny").model
+  config = get_config("tiny")
+  cfg = config.model
   assert jax.default_backend() != "gpu" and dit.attention_kernel(cfg) == "xla"
   cfg.attention = "flash"
   with pytest.raises(UserError, match="config.model.attention='flash'"):
-    dit.attention_kernel(cfg)
+    configlib.validate(config)
   attn = dit.SelfAttention(32, 4, dtype=jnp.float32, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(1), (2, 9, 32))
   want = attn(x)

@@ -224,7 +224,7 @@ def test_eval_clips_and_settings_follow_the_config(demo_records):
   for key, value, message in (("data.source_expression", "mean", "source_expression='mean'"),
                               ("data.start_prob", "1.5", "start_prob=1.5")):
     with pytest.raises(UserError, match=message):
-      pipeline.source_settings(tiny(STAGE2, **{key: value}))
+      configlib.validate(tiny(STAGE2, **{key: value}))
 
 
 # ---------------------------------------------------------------- training
@@ -310,10 +310,10 @@ def test_stage2_user_errors(stage1_run, stage2_launched, tmp_path):
            ({"init_from": stage1_run, "model.dim": 64}, "model.dim=32"),
            ({"init_from": stage2_launched}, "stage-2 checkpoint"),
            ({"init_from": tmp_path / "nowhere"}, "does not exist")]
-  for i, (overrides, message) in enumerate(cases):
-    trainer = Trainer(tiny(STAGE2, **overrides), str(tmp_path / str(i)), mesh=mesh_lib.make_mesh(jax.devices()[:1]))
+  for i, (overrides, message) in enumerate(cases):   # some stop when the Trainer is made, the others at the start
     with pytest.raises(UserError, match=message):
-      trainer.initial_state()
+      Trainer(tiny(STAGE2, **overrides), str(tmp_path / str(i)), mesh=mesh_lib.make_mesh(jax.devices()[:1])
+              ).initial_state()
   with pytest.raises(UserError, match="holds a stage-1 run"):   # its checkpoints would be mixed with stage 2's
     Trainer(tiny(STAGE2, init_from=stage1_run), str(stage1_run))
 

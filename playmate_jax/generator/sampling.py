@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from playmate_jax.errors import UserError
 from playmate_jax.generator.diffusion import Diffusion
 from playmate_jax.generator.dit import MOTION_DIM, NULL_EMOTION
 
@@ -21,11 +20,9 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
 
   It starts at (steps - 1) * T / steps rather than at T - 1: at the very last timestep alpha_bar is ~0 and an
   eps-prediction model's x0 estimate there is all error (measured on the demo: held-out mouth correlation 0.87
-  starting at T - 1, 0.96 with this spacing).
+  starting at T - 1, 0.96 with this spacing). 1 <= steps <= num_timesteps (configlib.validate checks
+  config.sample.ddim_steps).
   """
-  if not 1 <= steps <= num_timesteps:
-    raise UserError(f"config.sample.ddim_steps={steps} must be between 1 and "
-                    f"config.diffusion.num_timesteps={num_timesteps}.")
   return (np.arange(steps)[::-1] * num_timesteps // steps).astype(np.int32)
 
 
@@ -157,6 +154,7 @@ class WindowSampler:
   (two-way). `windows(...)` runs up to `max_windows` consecutive windows in one call, each conditioned on the last
   K frames of the one before, without returning to the host in between (what `sample_sequence` uses).
   `num_traces` counts the traces (compilations) of the jitted functions: one per shape, and per emotion or not.
+  `config` is one that configlib.validate passed (ddim_steps, eta and windows_per_call in range).
   """
 
   def __init__(self, graphdef: Any, diffusion: Diffusion, config: Any):
@@ -166,12 +164,7 @@ class WindowSampler:
     self.eta = float(config.sample.eta)
     self.clip_x0 = float(config.sample.clip_x0)
     self.window, self.prev_frames = int(config.data.window), int(config.data.prev_frames)
-    # .get: checkpoints written before this setting existed hold configs without it.
-    self.max_windows = int(config.sample.get("windows_per_call", 8))
-    if self.eta < 0:
-      raise UserError(f"config.sample.eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like).")
-    if self.max_windows < 1:
-      raise UserError(f"config.sample.windows_per_call={self.max_windows} must be >= 1.")
+    self.max_windows = int(config.sample.windows_per_call)
     self.num_traces = 0
     self._jitted = jax.jit(self._sample)
     self._jitted_windows = jax.jit(self._sample_windows)

@@ -22,6 +22,7 @@ from playmate_jax.train.state import model_params
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CONFIG_FILE = "metadata"   # the JSON file of a checkpoint's config, in its config/ folder (Orbax's default name)
 
 
 def _first_readable(candidates: list[str], load: Callable[[str], T]) -> T | None:
@@ -42,7 +43,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int):
     import grain   # here, not at the top: restore_run (sampling, animation) needs no Grain
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(filename=CONFIG_FILE),
                 "data": grain.checkpoint.CheckpointHandler()}
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -103,7 +104,8 @@ def restore_run(path: str, *, ema: bool = True, sharding: jax.sharding.Sharding 
   """A trained model from a workdir (its newest readable checkpoint) or from one checkpoints/<step> folder.
 
   Used by sampling and by stage 2; needs no data iterator, no optimizer and no dataset. The weights are on
-  `sharding` (default: this process's first device).
+  `sharding` (default: this process's first device). The checkpoint's config comes upgraded and validated
+  (configlib.from_saved, as a saved run's: no device count); an invalid one stops with one sentence naming its file.
   """
   from playmate_jax.data import read_stats_file
 
@@ -119,17 +121,19 @@ def restore_run(path: str, *, ema: bool = True, sharding: jax.sharding.Sharding 
     raise UserError(f"Checkpoint {path} does not exist; pass a training workdir or one of its checkpoints/<step> folders.")
   if not candidates:
     raise UserError(f"No checkpoint found in {path}; train first with launch.py or pass another workdir.")
-  def load(candidate: str) -> Run:
-    config = ml_collections.ConfigDict(ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-        os.path.join(candidate, "config")))
-    config.lock()
+  def load(candidate: str) -> tuple[str, Run]:
+    saved = ocp.Checkpointer(ocp.JsonCheckpointHandler(filename=CONFIG_FILE)).restore(
+        os.path.join(candidate, "config"))
     tree = _restore_state(os.path.join(candidate, "state"), sharding,
                           keys=("step", "ema_params" if ema else "params", "frozen"))
     workdir = os.path.dirname(os.path.dirname(candidate))
     stats = read_stats_file(os.path.join(workdir, STATS_FILE))
-    return Run(model_params(tree, ema), config, int(tree["step"]), workdir, stats)
+    return candidate, Run(model_params(tree, ema), saved, int(tree["step"]), workdir, stats)
 
-  run = _first_readable(candidates, load)
-  if run is None:
+  loaded = _first_readable(candidates, load)
+  if loaded is None:
     raise UserError(f"No readable checkpoint in {path}; every candidate failed to load (see the warnings above).")
-  return run
+  # Validated once loaded, outside _first_readable: an invalid config is the run's mistake, not a damaged
+  # checkpoint to skip.
+  candidate, run = loaded
+  return run._replace(config=configlib.from_saved(run.config, os.path.join(candidate, "config", CONFIG_FILE)))

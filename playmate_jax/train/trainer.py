@@ -48,11 +48,9 @@ STAGE1_SETTINGS = ("model.dim", "model.depth", "model.num_heads", "model.mlp_rat
 
 
 def check_stage(config: ml_collections.ConfigDict) -> None:
-  """Rejects a stage other than 1 or 2, and bad stage-2 settings."""
-  if config.stage not in (1, 2):
-    raise UserError(f"config.stage={config.stage} is unknown; use configs/stage1.py or configs/stage2.py.")
-  if config.stage == 2 and not (config.emotion.depth >= 1 and 0.0 <= config.emotion.drop_prob < 1.0):
-    raise UserError("config.emotion.depth must be at least 1 and config.emotion.drop_prob in [0, 1).")
+  """configlib.validate without a device count: every check of the config, the stage's included (kept under this
+  name for pipelines/benchmark.py's sampling benchmark, which imports it from here)."""
+  configlib.validate(config)
 
 
 def trainable_params(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
@@ -72,7 +70,7 @@ class Components(NamedTuple):
 
 
 def build_components(config: ml_collections.ConfigDict, mesh, audio_dim: int) -> Components:
-  check_stage(config)
+  """The step's parts for a config that configlib.validate passed."""
   model_fn = model_factory(config, audio_dim)
   diffusion = generator.Diffusion.from_config(config.diffusion)
   tx = state_lib.make_optimizer(config)
@@ -101,33 +99,36 @@ def _at(tree: dict, path) -> Any:
   return tree
 
 
-def _check_workdir_stage(workdir: str, stage: int) -> None:
-  """Refuses a workdir that holds a run of the other stage (its checkpoints would be mixed, then deleted)."""
+def _previous_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config of the run the workdir already holds (its config.json, upgraded and validated), or None.
+
+  This run's config is compared with it here (as with stage 2's stage-1 run in Trainer.stage1_params), not in
+  configlib.validate: each config is valid on its own, only the pair conflicts."""
   path = os.path.join(workdir, "config.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      previous = json.load(f).get("stage", 1)
-    if previous != stage:
-      raise UserError(f"Workdir {workdir} holds a stage-{previous} run; give this stage-{stage} run its own "
-                      "--workdir (stage 2 reads stage 1 through --config.init_from).")
+  return configlib.load_saved(path) if os.path.isfile(path) else None
 
 
-# Settings a resumed run must keep, with the value a config saved before the setting existed means: Grain's saved
-# iterator state only restores under the same worker count (another count fails inside Grain), and the windows per
-# clip decide what its indices mean.
-RESUME_SETTINGS = {"worker_count": None, "windows_per_clip": 1}
+def _check_workdir_stage(workdir: str, previous: ml_collections.ConfigDict | None, stage: int) -> None:
+  """Refuses a workdir that holds a run of the other stage (its checkpoints would be mixed, then deleted)."""
+  if previous is not None and previous.stage != stage:
+    raise UserError(f"Workdir {workdir} holds a stage-{previous.stage} run; give this stage-{stage} run its own "
+                    "--workdir (stage 2 reads stage 1 through --config.init_from).")
 
 
-def _check_resume_settings(workdir: str, config: ml_collections.ConfigDict) -> None:
+# config.data settings a resumed run must keep: Grain's saved iterator state only restores under the same worker
+# count (another count fails inside Grain), and the windows per clip decide what its indices mean.
+RESUME_SETTINGS = ("worker_count", "windows_per_clip")
+
+
+def _check_resume_settings(workdir: str, previous: ml_collections.ConfigDict | None,
+                           config: ml_collections.ConfigDict) -> None:
   """Refuses to resume a run whose checkpoints were written under other RESUME_SETTINGS, naming the fix."""
-  path, checkpoints = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
-  if not (os.path.isfile(path) and os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))):
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if previous is None or not (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))):
     return
-  with open(path) as f:
-    previous = json.load(f).get("data", {})
-  for key, old_default in RESUME_SETTINGS.items():
-    was, now = previous.get(key, old_default), config.data.get(key, old_default)
-    if was is not None and was != now:
+  for key in RESUME_SETTINGS:
+    was, now = previous.data[key], config.data[key]
+    if was != now:
       raise UserError(f"Workdir {workdir} holds checkpoints written with config.data.{key}={was}, and the data "
                       f"iterator's saved state depends on it; resume with --config.data.{key}={was} (or start "
                       "a new --workdir).")
@@ -187,12 +188,14 @@ class Trainer:
   """Builds everything a run needs; `run()` trains until `config.train.num_steps`."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh=None):
+    config = configlib.upgrade(config)   # a no-op on a config from configs/*.py
     self.config, self.workdir = config, os.path.abspath(workdir)
     self.mesh = mesh if mesh is not None else mesh_lib.make_mesh()
     configlib.validate(config, num_devices=self.mesh.size, process_count=jax.process_count())
     self.is_main = jax.process_index() == 0
-    _check_workdir_stage(self.workdir, config.stage)
-    _check_resume_settings(self.workdir, config)
+    previous = _previous_config(self.workdir)
+    _check_workdir_stage(self.workdir, previous, config.stage)
+    _check_resume_settings(self.workdir, previous, config)
     _check_init_from(self.workdir, config)
     info = data.load_dataset_info(config)  # a missing dataset stops here, before the workdir is made
     os.makedirs(self.workdir, exist_ok=True)
