@@ -7,6 +7,7 @@ import librosa
 import numpy as np
 import soundfile
 
+from playmate_jax import video
 from playmate_jax.errors import UserError
 
 
@@ -24,7 +25,6 @@ def _decode(path: str, sample_rate: int) -> tuple[np.ndarray, int]:
     pass
   # Containers libsndfile does not know (mp3 on older libsndfile, m4a, opus in webm, a video's sound track): the
   # bundled ffmpeg decodes them, downmixed and resampled to sample_rate.
-  from playmate_jax import video
   return video.read_audio(path, sample_rate)[None], sample_rate
 
 

@@ -39,13 +39,18 @@ from typing import Any
 
 import cv2
 import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
 
+from playmate_jax import configlib
+from playmate_jax.audio import get_encoder
 from playmate_jax.data import builder, tracking
 from playmate_jax.data.decode import FPS, HOP, SAMPLE_RATE, Job, Prepared, prepared, workers
 from playmate_jax.data.videostore import VideoStore, source_stamp, write_atomic
 from playmate_jax.errors import UserError
-from playmate_jax.motion import EMOTIONS
 from playmate_jax.face import finder as face_finder
+from playmate_jax.motion import EMOTIONS
+from playmate_jax.renderer.api import Renderer
 from playmate_jax.timing import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -136,7 +141,6 @@ class Settings:
 
 def audio_config(encoder: str):
   """The stage-1 config's audio settings with the encoder `--audio-encoder` names."""
-  from playmate_jax import configlib
   config = configlib.load_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "stage1.py"))
   audio = config.audio.copy_and_resolve_references()
   audio.unlock()
@@ -152,8 +156,6 @@ class Preprocessor:
   """Runs `Settings`: decode workers feeding one accelerator process (see the module docstring)."""
 
   def __init__(self, settings: Settings):
-    from playmate_jax.audio import get_encoder
-    from playmate_jax.renderer.api import Renderer
     self.s = settings
     self.store = VideoStore(settings.out)
     self.audio_config = audio_config(settings.audio_encoder)
@@ -225,7 +227,6 @@ class Preprocessor:
 
   def run(self) -> dict:
     """Processes every video not done yet, then writes the dataset and the report; returns the report."""
-    from tqdm import tqdm
     s, t0 = self.s, time.time()
     relpaths = list_videos(s.videos)
     if not relpaths:
@@ -321,7 +322,6 @@ class Preprocessor:
     return report
 
   def _write(self, relpaths, results, emotions, final: str) -> None:
-    import tensorflow_datasets as tfds
     tmp = tempfile.mkdtemp(prefix=".dataset-", dir=self.s.out)
     try:
       splits = {"train": self.examples(relpaths, results, emotions, test=False)}

@@ -13,12 +13,16 @@ photo with none) and the eye and lip open-ness ratios LivePortrait's retargeting
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 
 import numpy as np
 
+from playmate_jax import video
 from playmate_jax.errors import UserError
 from playmate_jax.face import crop as crop_lib
+from playmate_jax.face.insightface import InsightFaceModels
+from playmate_jax.face.mediapipe import MediaPipeFaces
 from playmate_jax.face.types import Face
 
 # Eye ratio: lid gap / eye width per eye; lip ratio: inner-lip gap / mouth width (LivePortrait's
@@ -32,11 +36,9 @@ class FaceFinder:
 
   def __init__(self, face_models: str | os.PathLike | None = None):
     if face_models is not None:
-      from playmate_jax.face.insightface import InsightFaceModels
       self.backend = InsightFaceModels(os.fspath(face_models))
       self.name = f"LivePortrait's face models in {os.fspath(face_models)}"
     else:
-      from playmate_jax.face.mediapipe import MediaPipeFaces
       self.backend = MediaPipeFaces()
       self.name = "MediaPipe's face detector and mesh"
 
@@ -103,9 +105,6 @@ def video_crop_matrix(path: str, face_models: str | None = None, max_frames: int
   """LivePortrait's driving-video crop (scale 2.2, vy_ratio -0.1) as a dsize M_c2o, one for the whole video,
   from the first of its first `max_frames` frames with a face; the centred square (with a note) when none has.
   One fixed crop keeps the head's own motion in the frames, as the motion is taken relative to the first."""
-  import itertools
-
-  from playmate_jax import video
   info = video.probe(path)
   found = None
   for frames in _batches(itertools.islice(video.read_frames(path), max_frames), 16):

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from playmate_jax import motion, shapes
-from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS
+from playmate_jax.errors import UserError
+from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS, TINY_MODEL_PARAMS
 from playmate_jax.renderer.networks import abstract_networks
 CROP_SIZE = 256  # LivePortrait feeds its networks 256x256 face crops
 
@@ -142,8 +143,6 @@ class Renderer:
     """What the command lines' `--renderer` names: a converted weights folder, `random` (random networks of the
     released sizes: meaningless output, for trying a pipeline) or `random:tiny` (tiny ones on 64x64 crops).
     `dtype` is a dtype or its name ("float32", "bfloat16"), as the command lines' `--dtype` gives it."""
-    from playmate_jax.errors import UserError
-    from playmate_jax.renderer.config import TINY_MODEL_PARAMS
     dtype = jnp.dtype(dtype)
     if spec == "random":
       return cls.random(dtype=dtype)
