@@ -170,8 +170,8 @@ def xla_flops(compiled) -> float | None:
 def random_batch(config, audio_dim: int, rng):
   """This process's share of a batch of the pipeline's shapes (random values: the step's cost does not depend on them)."""
   import jax
-  from playmate_jax import data
-  spec = data.batch_spec(config, audio_dim, jax.process_count())
+  from playmate_jax.data import loader
+  spec = loader.batch_spec(config, audio_dim, jax.process_count())
   return {k: (rng.integers(-1, 8, shape) if dtype.kind == "i" else rng.standard_normal(shape)).astype(dtype)
           for k, (shape, dtype) in spec.items()}
 
@@ -179,9 +179,9 @@ def random_batch(config, audio_dim: int, rng):
 def bench_loader(config, batches: int = 50, warmup: int = 5) -> dict:
   """The Grain training pipeline alone (data.make_train_iterator on the config's dataset), no device work."""
   import jax
-  from playmate_jax import data
+  from playmate_jax.data import loader
   t0 = time.perf_counter()
-  iterator = data.make_train_iterator(config, jax.process_index(), jax.process_count())
+  iterator = loader.make_train_iterator(config, jax.process_index(), jax.process_count())
   for _ in range(warmup):
     next(iterator)
   warmup_s = time.perf_counter() - t0

@@ -31,10 +31,10 @@ from playmate_jax.errors import UserError  # noqa: E402
 def train_classifier(config, stats):
   """The emotion classifier of config.eval.classifier on the labelled train clips."""
   import numpy as np
-  from playmate_jax.data import pipeline
+  from playmate_jax.data import loader
   from playmate_jax.train import emotion_classifier as classifier_lib
   settings = config.eval.classifier
-  clips = pipeline.load_labelled_expressions(config, config.data.train_split, settings.max_clips)
+  clips = loader.load_labelled_expressions(config, config.data.train_split, settings.max_clips)
   if len({c["emotion"] for c in clips}) < 2:
     raise UserError(f"Split {config.data.train_split!r} has {len(clips)} clips with an emotion label, of fewer than "
                     "two emotions, so no emotion classifier can be trained; label the clips (preprocess.py "
@@ -50,23 +50,24 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips:
                         overrides: dict[str, str] | None = None, progress: bool = True) -> dict:
   """Evaluates the checkpoint, writes metrics.json and the plots into `out`; returns the metrics."""
   import jax
-  from playmate_jax import configlib, data, generator
-  from playmate_jax.train import checkpoint as ckpt_lib
+  from playmate_jax import configlib, generator
+  from playmate_jax import run as run_lib
+  from playmate_jax.data import loader
   from playmate_jax.train import evaluate as eval_lib
   from playmate_jax.generator.factory import window_sampler
 
   if batch_size < 1:
     raise UserError(f"--batch-size {batch_size} must be at least 1.")
-  run = ckpt_lib.restore_run(checkpoint)
+  run = run_lib.restore_run(checkpoint)
   config = configlib.apply_overrides(run.config.copy_and_resolve_references(), overrides or {})
   config.lock()
   configlib.validate(config)   # the overridden values too; a restored run's config: no device count
   split = split or config.data.eval_split
-  clips = data.load_eval_clips(config, split, num_clips, max_frames)
+  clips = loader.load_eval_clips(config, split, num_clips, max_frames)
   if not clips:
     raise UserError(f"Split {split!r} of the dataset of {run.workdir} holds no clips; pass another --split.")
   stage2 = int(config.stage) == 2
-  stats = data.load_stats(config)
+  stats = loader.dataset_stats(config)
   classifier = train_classifier(config, stats) if stage2 else None
   references = {c["speaker_id"]: stats.reference_expression(c["speaker_id"]) for c in clips}
 

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from playmate_jax import cli  # noqa: E402
-from playmate_jax.data import MOTION_KEYS  # noqa: E402
+from playmate_jax.motion import MOTION_KEYS  # noqa: E402
 from playmate_jax.errors import UserError  # noqa: E402
 from playmate_jax.motion import EMOTIONS  # noqa: E402
 

@@ -27,13 +27,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from playmate_jax import audio, configlib, generator
 from playmate_jax import motion as motion_lib
+from playmate_jax import run as run_lib
 from playmate_jax import video
+from playmate_jax.data import stats as stats_lib
 from playmate_jax.errors import UserError
-from playmate_jax.motion import EMOTIONS, MOTION_KEYS
 from playmate_jax.face import crop as crop_lib
 from playmate_jax.face import finder as face_finder
 from playmate_jax.face.types import Face
+from playmate_jax.generator.factory import window_sampler
+from playmate_jax.motion import EMOTIONS, MOTION_KEYS
 
 FPS = 25
 POSE_MODES = ("generated", "fixed", "sweep", "video:FILE")
@@ -60,12 +64,9 @@ class MotionModel:
   """A trained model (EMA weights) restored once: audio -> motion for a source identity, any length."""
 
   def __init__(self, run, ddim_steps: int | None = None):
-    from playmate_jax import audio
-    from playmate_jax.generator.factory import window_sampler
     self.params, self.config, self.stats = run.params, run.config, run.stats
     self.workdir = run.workdir
     if ddim_steps is not None:
-      from playmate_jax import configlib
       self.config = self.config.copy_and_resolve_references()
       with self.config.unlocked():
         self.config.sample.ddim_steps = int(ddim_steps)
@@ -76,8 +77,7 @@ class MotionModel:
   @classmethod
   def load(cls, checkpoint: str, ddim_steps: int | None = None) -> "MotionModel":
     """From a training workdir (its newest checkpoint) or one checkpoint folder."""
-    from playmate_jax.train import checkpoint as ckpt_lib
-    return cls(ckpt_lib.restore_run(checkpoint), ddim_steps)
+    return cls(run_lib.restore_run(checkpoint), ddim_steps)
 
   @property
   def stage(self) -> int:
@@ -109,15 +109,14 @@ class MotionModel:
                progress: bool = False) -> dict[str, np.ndarray]:
     """Motion fields [T, ...] (T = 25 fps frames of the 16 kHz waveform) for one source frame of motion (keys
     MOTION_KEYS, one frame). `emotion` (a label) needs a stage-2 model and guides by three-way CFG."""
-    from playmate_jax import data, generator
     self.check_emotion(emotion)
     if w_emotion is not None and emotion is None:
       raise UserError("An emotion guidance weight has no effect without an emotion; name one or drop the weight.")
     features = self.stats.normalize_audio(self.encoder.encode(np.asarray(waveform, np.float32)))
     source = one_frame(source)
-    source_vec = data.motion_vector({k: v[None] for k, v in source.items()})[0]
+    source_vec = stats_lib.motion_vector({k: v[None] for k, v in source.items()})[0]
     mstats = self.stats.source_motion_stats(source_vec[motion_lib.EXP_DIM:])
-    identity = data.identity_vector(np.asarray(_normalized(source_vec, mstats)), source["kp"])
+    identity = stats_lib.identity_vector(np.asarray(_normalized(source_vec, mstats)), source["kp"])
     out = generator.sample_sequence(self.sampler, self.params, features, identity, jax.random.key(seed),
                                     self.config, w_audio=w_audio, emotion=emotion, w_emotion=w_emotion,
                                     progress=progress)

@@ -150,7 +150,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   process says nothing about it, and a checkpoint restores on any count), which skips that one check.
   process_count: the processes that share the global batch (1 for a saved run's config).
   Checks against facts outside the config stay where those facts are read: the dataset (its audio encoder, splits
-  and clip lengths: data.pipeline), a workdir's earlier run and stage 2's stage-1 run (train.trainer), and the audio
+  and clip lengths: data.loader), a workdir's earlier run and stage 2's stage-1 run (train.trainer), and the audio
   encoder's own settings (the encoder, when it is made).
   """
   def need(ok: bool, message: str):

@@ -10,11 +10,11 @@ import jax
 import pytest
 
 from playmate_jax import configlib
-from playmate_jax.data import pipeline
+from playmate_jax.data import loader
 from playmate_jax.errors import UserError
 from playmate_jax.generator import dit
 from playmate_jax.generator.factory import window_sampler
-from playmate_jax.train import checkpoint as ckpt_lib
+from playmate_jax import run as run_lib
 from playmate_jax.train import mesh as mesh_lib
 from playmate_jax.train.trainer import Trainer
 
@@ -77,7 +77,7 @@ def test_an_old_saved_config_is_upgraded_with_what_it_meant(tmp_path, stage):
   else:
     assert "classifier" not in config.eval
   # What the modules that read these fields make of them.
-  assert pipeline.source_settings(config) == ("clip", 0.0)
+  assert loader.source_settings(config) == ("clip", 0.0)
   assert dit.attention_kernel(config.model) == "xla"
   assert window_sampler(config, config.audio.n_mels).max_windows == 8
   # Every field a current config has, nothing else.
@@ -154,7 +154,7 @@ def test_restored_checkpoint_configs_are_upgraded_and_validated(stage1_run, tmp_
     workdir = tmp_path / name
     shutil.copytree(stage1_run, workdir)
     for step in os.listdir(workdir / "checkpoints"):
-      path = workdir / "checkpoints" / step / "config" / ckpt_lib.CONFIG_FILE
+      path = workdir / "checkpoints" / step / "config" / run_lib.CONFIG_FILE
       if path.is_file():
         write_json(path, edit(json.loads(path.read_text())))
     return workdir
@@ -165,7 +165,7 @@ def test_restored_checkpoint_configs_are_upgraded_and_validated(stage1_run, tmp_
     saved["data"].pop("windows_per_clip")
     return saved
 
-  run = ckpt_lib.restore_run(str(copy_with_config("old", old)))
+  run = run_lib.restore_run(str(copy_with_config("old", old)))
   assert run.config.is_locked and run.config.model.attention == "auto"
   assert run.config.sample.windows_per_call == 8 and run.config.data.windows_per_clip == 1
 
@@ -175,4 +175,4 @@ def test_restored_checkpoint_configs_are_upgraded_and_validated(stage1_run, tmp_
 
   with pytest.raises(UserError, match=r"^Config .*checkpoints/\d+/config/metadata: config\.model\.dim=32 is not "
                                       r"divisible by config\.model\.num_heads=3; [^\n]*\.$"):
-    ckpt_lib.restore_run(str(copy_with_config("invalid", invalid)))
+    run_lib.restore_run(str(copy_with_config("invalid", invalid)))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from playmate_jax import configlib, data, motion
-from playmate_jax.data import builder, demo, stats as stats_lib
+from playmate_jax import configlib, motion
+from playmate_jax.data import builder, demo, loader, stats as stats_lib
 from playmate_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def small(tmp_path_factory):
   splits = {"train": [_random_example(rng, i, f"s{i % 3}", 5) for i in range(12)],
             "test": [_random_example(rng, 100 + i, "s9", 5) for i in range(3)]}
   root = tmp_path_factory.mktemp("small")
-  data.write_dataset(root, {k: iter(v) for k, v in splits.items()}, encoder_name="fake5", feature_dim=5,
+  builder.write_dataset(root, {k: iter(v) for k, v in splits.items()}, encoder_name="fake5", feature_dim=5,
                      num_shards=2)
   return root, splits
 
@@ -93,12 +93,12 @@ def test_round_trip_schema(small):
   with open(os.path.join(path, builder.CLIPS_FILE)) as f:
     assert [c["clip_id"] for c in json.load(f)["train"]] == [e["clip_id"] for e in splits["train"]]
   with pytest.raises(UserError, match="already exists"):
-    data.write_dataset(root, {"train": iter(splits["train"])}, encoder_name="fake5", feature_dim=5)
+    builder.write_dataset(root, {"train": iter(splits["train"])}, encoder_name="fake5", feature_dim=5)
 
 
 def test_stats_match_numpy(small):
   root, splits = small
-  st = stats_lib.load_stats(os.path.join(builder.version_dir(root), stats_lib.STATS_FILE))
+  st = stats_lib.read_stats(os.path.join(builder.version_dir(root), stats_lib.STATS_FILE))
   train = splits["train"]  # statistics come from the train split only
   v = {e["speaker_id"]: [] for e in train}
   for e in train:
@@ -160,7 +160,7 @@ def test_demo_mouth_follows_audio(demo_dir):
 
 def test_demo_dataset_properties(demo_dir):
   train, test = _train(demo_dir), _train(demo_dir, "test")
-  info = data.load_dataset_info(_config(demo_dir))
+  info = loader.load_dataset_info(_config(demo_dir))
   assert info["num_speakers"] == 8 and info["feature_dim"] == 80 and info["splits"]["train"] >= 100
   assert info["audio_encoder"] == "logmel80-sr16000-hop640-n1024-f55-7600"
   w, _ = demo._mouth_direction()
@@ -216,7 +216,7 @@ def test_demo_deterministic_and_concurrent(tmp_path):
 def _normalized_clips(demo_dir):
   """Per train clip: normalized motion [T, 69] and features [T, D]; and kp row bytes -> (clip, frame)."""
   cfg = _config(demo_dir)
-  st = data.load_stats(cfg)
+  st = loader.dataset_stats(cfg)
   clips, by_kp = [], {}
   for c, ex in enumerate(_train(demo_dir)):
     spk = ex["speaker_id"].decode()
@@ -230,14 +230,14 @@ def _normalized_clips(demo_dir):
 def test_batches(demo_dir):
   cfg = _config(demo_dir)
   L, K, c, B = cfg.data.window, cfg.data.prev_frames, cfg.data.audio_context, cfg.data.batch_size
-  it = data.make_train_iterator(cfg)
+  it = loader.make_train_iterator(cfg)
   batches = [next(it) for _ in range(150)]
   b = batches[0]
   shapes = dict(motion=(B, L, 69), prev_motion=(B, K, 69), audio=(B, L + 2 * c, 80), identity=(B, 132),
                 emotion=(B,))
   assert {k: v.shape for k, v in b.items()} == shapes
   assert all(v.dtype == (np.int32 if k == "emotion" else np.float32) for k, v in b.items())
-  assert {k: (v.shape, v.dtype) for k, v in b.items()} == data.batch_spec(cfg, 80)
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == loader.batch_spec(cfg, 80)
   m = np.concatenate([x["motion"].reshape(-1, 69) for x in batches])
   assert np.abs(m.mean(0)).max() < 0.3 and np.all(np.abs(m.std(0) - 1) < 0.3)
   a = np.concatenate([x["audio"][:, c:-c].reshape(-1, 80) for x in batches])
@@ -268,10 +268,10 @@ def test_windows_per_clip(demo_dir):
   """k windows per clip read are k independent windows (the same as k one-window draws from the same generator),
   side by side in the batch; the batch keeps its shapes."""
   cfg = _config(demo_dir, windows_per_clip=2)
-  ds = data.open_dataset(cfg, "train")
+  ds = loader.open_dataset(cfg, "train")
   ex = ds.source("train")[0]
   d = cfg.data
-  window = lambda k: data.RandomWindow(ds.stats, d.window, d.prev_frames, d.audio_context, "clip", 0.5, k)
+  window = lambda k: loader.RandomWindow(ds.stats, d.window, d.prev_frames, d.audio_context, "clip", 0.5, k)
   many = window(3).random_map(ex, np.random.default_rng(4))
   rng = np.random.default_rng(4)
   ones = [window(1).random_map(ex, rng) for _ in range(3)]
@@ -280,9 +280,9 @@ def test_windows_per_clip(demo_dir):
   assert not np.array_equal(many["motion"][0], many["motion"][1])
 
   _, by_kp = _normalized_clips(demo_dir)
-  it = data.make_train_iterator(cfg)
+  it = loader.make_train_iterator(cfg)
   b = next(it)
-  assert {k: (v.shape, v.dtype) for k, v in b.items()} == data.batch_spec(cfg, 80)
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == loader.batch_spec(cfg, 80)
   clips = [by_kp[row.tobytes()][0] for row in b["identity"][:, 69:]]
   assert clips[0::2] == clips[1::2] and len(set(clips)) == d.batch_size // 2
   with pytest.raises(UserError, match="windows_per_clip"):
@@ -291,10 +291,10 @@ def test_windows_per_clip(demo_dir):
 
 def test_process_sharding(demo_dir):
   _, by_kp = _normalized_clips(demo_dir)
-  n = data.load_dataset_info(_config(demo_dir))["splits"]["train"]
+  n = loader.load_dataset_info(_config(demo_dir))["splits"]["train"]
   seen = []
   for p in range(2):
-    it = data.make_train_iterator(_config(demo_dir), p, 2)
+    it = loader.make_train_iterator(_config(demo_dir), p, 2)
     clips = [by_kp[row.tobytes()][0] for _ in range(n // 8) for row in next(it)["identity"][:, 69:]]
     assert len(set(clips)) == n // 2  # one epoch: every clip of this process once
     seen.append(set(clips))
@@ -306,23 +306,23 @@ def test_process_sharding(demo_dir):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_and_determinism(demo_dir, workers):
   cfg = _config(demo_dir, worker_count=workers)
-  iterators = [data.make_train_iterator(cfg)]
+  iterators = [loader.make_train_iterator(cfg)]
   try:
     first = [next(iterators[0]) for _ in range(3)]
     state = json.loads(json.dumps(iterators[0].get_state()))
     rest = [next(iterators[0]) for _ in range(3)]
-    iterators.append(data.make_train_iterator(cfg))
+    iterators.append(loader.make_train_iterator(cfg))
     iterators[-1].set_state(state)  # resumes exactly where the first one was
     for want in rest:
       got = next(iterators[-1])
       assert all(np.array_equal(want[k], got[k]) for k in want)
     if workers:
       return
-    iterators.append(data.make_train_iterator(cfg))  # same seed, same batches
+    iterators.append(loader.make_train_iterator(cfg))  # same seed, same batches
     for want in first:
       got = next(iterators[-1])
       assert all(np.array_equal(want[k], got[k]) for k in want)
-    iterators.append(data.make_train_iterator(_config(demo_dir, shuffle_seed=1)))
+    iterators.append(loader.make_train_iterator(_config(demo_dir, shuffle_seed=1)))
     assert not np.array_equal(first[0]["motion"], next(iterators[-1])["motion"])
   finally:
     for it in iterators:
@@ -331,9 +331,9 @@ def test_resume_and_determinism(demo_dir, workers):
 
 def test_eval_clips(demo_dir):
   cfg = _config(demo_dir)
-  clips = data.load_eval_clips(cfg)
+  clips = loader.load_eval_clips(cfg)
   assert len(clips) == cfg.eval.num_clips
-  st = data.load_stats(cfg)
+  st = loader.dataset_stats(cfg)
   for c, ex in zip(clips, _train(demo_dir, "test")):
     n = min(ex["num_frames"], cfg.eval.max_frames)
     assert c["clip_id"] == ex["clip_id"].decode() and c["motion"].shape == (n, 69)
@@ -350,15 +350,15 @@ def test_user_errors(tmp_path, demo_dir):
   cfg = _config(missing)
   cfg.data.name = "playmate_clips"
   with pytest.raises(UserError, match=str(missing)):
-    data.make_train_iterator(cfg)
+    loader.make_train_iterator(cfg)
   cfg.data.data_dir = ""
   with pytest.raises(UserError, match="data_dir is empty"):
-    data.load_dataset_info(cfg)
+    loader.load_dataset_info(cfg)
   cfg = _config(demo_dir)
   cfg.audio.n_mels = 40
   with pytest.raises(UserError, match="encoder 'logmel80"):
-    data.load_eval_clips(cfg)
+    loader.load_eval_clips(cfg)
   with pytest.raises(UserError, match="no split"):
-    data.load_eval_clips(_config(demo_dir), split="validation")
+    loader.load_eval_clips(_config(demo_dir), split="validation")
   with pytest.raises(UserError, match="window"):
-    data.make_train_iterator(_config(demo_dir, window=100_000))
+    loader.make_train_iterator(_config(demo_dir, window=100_000))

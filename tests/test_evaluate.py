@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from playmate_jax import configlib, motion
-from playmate_jax.data import demo, pipeline
+from playmate_jax.data import demo, loader
 from playmate_jax.errors import UserError
 from playmate_jax.train import emotion_classifier as classifier_lib
 from playmate_jax.train import evaluate as eval_lib
@@ -32,7 +32,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def stats(config):
-  return pipeline.load_stats(config)
+  return loader.dataset_stats(config)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def fields_of(clip: dict) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- metrics
 
 def test_motion_metrics_of_the_truth_and_of_a_known_error(config):
-  clip = pipeline.load_eval_clips(config, "test", 1, 80)[0]
+  clip = loader.load_eval_clips(config, "test", 1, 80)[0]
   true = fields_of(clip)
   same = eval_lib.motion_metrics(true, true, clip["kp"])
   assert same["kp_dist"] == 0.0 and same["pose_dist"] == 0.0
@@ -87,7 +87,7 @@ def test_motion_metrics_of_the_truth_and_of_a_known_error(config):
 def test_classifier_recognises_the_demo_emotions(config, stats, classifier):
   """Trained on the train split's ground truth, it recognises the held-out clips' emotions; it is deterministic;
   it does not work without the expression (a constant feature gives one class)."""
-  held_out = pipeline.load_labelled_expressions(config, "test")
+  held_out = loader.load_labelled_expressions(config, "test")
   feats = np.stack([classifier_lib.clip_feature(c["exp"], stats.reference_expression(c["speaker_id"]))
                     for c in held_out])
   labels = [c["emotion"] for c in held_out]
@@ -123,7 +123,7 @@ def oracle_sampler(clips: list[dict], null_is_neutral: bool = True):
 
 
 def test_evaluate_clips_scores_an_oracle(config, stats, classifier):
-  clips = [c for c in pipeline.load_eval_clips(config, "test", 24, 60) if c["emotion"] >= 0][:10]
+  clips = [c for c in loader.load_eval_clips(config, "test", 24, 60) if c["emotion"] >= 0][:10]
   references = {c["speaker_id"]: stats.reference_expression(c["speaker_id"]) for c in clips}
   metrics, curves = eval_lib.evaluate_clips(oracle_sampler(clips), clips, jax.random.key(0), w_audio=1.5,
                                             classifier=classifier, references=references, batch_size=4)

@@ -179,7 +179,7 @@ def test_killed_run_resumes_to_the_same_dataset(collection, tmp_path):
 
 def test_stage1_trains_on_the_preprocessed_folder(preprocessed, tmp_path):
   import jax
-  from playmate_jax.train import checkpoint as ckpt_lib
+  from playmate_jax import run as run_lib
   from playmate_jax.train import mesh as mesh_lib
   from playmate_jax.train.trainer import Trainer
   out, _ = preprocessed
@@ -188,7 +188,7 @@ def test_stage1_trains_on_the_preprocessed_folder(preprocessed, tmp_path):
       {"data.name": "playmate_clips", "data.data_dir": str(out), "train.num_steps": "4", "train.ckpt_every": "4",
        "train.eval_every": "4", "train.log_every": "2"})
   Trainer(config, str(tmp_path), mesh=mesh_lib.make_mesh(jax.devices()[:1])).run()
-  run = ckpt_lib.restore_run(str(tmp_path), ema=False)
+  run = run_lib.restore_run(str(tmp_path), ema=False)
   assert run.step == 4
   with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
     losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]

@@ -23,12 +23,12 @@ from flax import nnx
 
 from configs.stage2 import get_config as stage2_config
 from playmate_jax import configlib, motion
-from playmate_jax.data import demo, pipeline
+from playmate_jax.data import demo, loader
 from playmate_jax.data import stats as stats_lib
 from playmate_jax.errors import UserError
 from playmate_jax.generator import (EMOTION_PARAMS, NULL_EMOTION, Diffusion, MotionDiT, count_params, ddim_timesteps,
                                     guided_eps, training_loss, window_eps_fn)
-from playmate_jax.train import checkpoint as ckpt_lib
+from playmate_jax import run as run_lib
 from playmate_jax.train import mesh as mesh_lib
 from playmate_jax.train import state as state_lib
 from playmate_jax.train.trainer import Trainer, model_factory
@@ -165,24 +165,24 @@ def test_reference_expression_is_the_speakers_neutral_mean(tmp_path):
   np.testing.assert_allclose(st.reference_expression("unseen"), (st.exp_reference["a"] + st.exp_reference["b"]) / 2,
                              rtol=1e-5)
   stats_lib.save_stats(st, tmp_path / "stats.json")
-  again = stats_lib.load_stats(tmp_path / "stats.json")
+  again = stats_lib.read_stats(tmp_path / "stats.json")
   np.testing.assert_array_equal(again.exp_reference["a"], st.exp_reference["a"])
   record = json.load(open(tmp_path / "stats.json"))
   del record["exp_reference"]                                  # statistics written before references existed
   json.dump(record, open(tmp_path / "old.json", "w"))
-  np.testing.assert_array_equal(stats_lib.load_stats(tmp_path / "old.json").reference_expression("a"), st.exp_mean)
+  np.testing.assert_array_equal(stats_lib.read_stats(tmp_path / "old.json").reference_expression("a"), st.exp_mean)
 
 
 @pytest.fixture(scope="module")
 def demo_records():
-  ds = pipeline.open_dataset(CFG, "train")
+  ds = loader.open_dataset(CFG, "train")
   return ds, [ds.source("train")[i] for i in range(12)]
 
 
 def test_training_windows_take_the_reference_and_start_like_the_sampler(demo_records):
   ds, records = demo_records
   assert (CFG.data.source_expression, CFG.data.start_prob) == ("reference", 0.0)
-  windows = lambda mode, p: pipeline.RandomWindow(ds.stats, L, K, C, mode, p)
+  windows = lambda mode, p: loader.RandomWindow(ds.stats, L, K, C, mode, p)
   rng = np.random.default_rng(0)
   starts = 0
   for ex in records * 4:
@@ -213,13 +213,13 @@ def test_training_windows_take_the_reference_and_start_like_the_sampler(demo_rec
 
 def test_eval_clips_and_settings_follow_the_config(demo_records):
   ds, _ = demo_records
-  clip = pipeline.load_eval_clips(CFG, "test", 1, 30)[0]
+  clip = loader.load_eval_clips(CFG, "test", 1, 30)[0]
   raw = motion.denormalize_motion(clip["identity"][:69], clip["stats"])
   np.testing.assert_allclose(raw[:63], ds.stats.reference_expression(clip["speaker_id"]), atol=1e-6)
   np.testing.assert_allclose(clip["identity"][63:69], clip["motion"][0, 63:], atol=1e-6)
   stage1 = configlib.load_config(STAGE1)
-  assert pipeline.source_settings(stage1) == ("clip", 0.0)
-  np.testing.assert_allclose(pipeline.load_eval_clips(stage1, "test", 1, 30)[0]["identity"][:69], clip["motion"][0],
+  assert loader.source_settings(stage1) == ("clip", 0.0)
+  np.testing.assert_allclose(loader.load_eval_clips(stage1, "test", 1, 30)[0]["identity"][:69], clip["motion"][0],
                              atol=1e-6)
   for key, value, message in (("data.source_expression", "mean", "source_expression='mean'"),
                               ("data.start_prob", "1.5", "start_prob=1.5")):
@@ -255,7 +255,7 @@ def stage2_launched(stage1_run, tmp_path_factory):
 def test_initial_state_is_stage1_plus_a_zero_controller(stage1_run, tmp_path):
   trainer = Trainer(tiny(STAGE2, init_from=stage1_run), str(tmp_path), mesh=mesh_lib.make_mesh(jax.devices()[:1]))
   state = trainer.initial_state()
-  stage1 = ckpt_lib.restore_run(str(stage1_run))
+  stage1 = run_lib.restore_run(str(stage1_run))
   assert set(state["params"]) == set(state["ema_params"]) == {EMOTION_PARAMS}
   # The optimizer state holds the controller's weights only: Adam's two moments of exactly those.
   adam = [s for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
@@ -271,7 +271,7 @@ def test_initial_state_is_stage1_plus_a_zero_controller(stage1_run, tmp_path):
   inp = dict(inputs(), audio=jnp.asarray(rng.normal(size=(3, L + 2 * C, audio_dim)), jnp.float32))
   reference = forward(graph1, stage1.params, inp)
   assert np.abs(reference).max() > 1e-3                 # trained output layers (zero at initialization)
-  np.testing.assert_array_equal(forward(trainer.graphdef, state_lib.model_params(state), inp, jnp.array([0, 5, -1])),
+  np.testing.assert_array_equal(forward(trainer.graphdef, run_lib.model_params(state), inp, jnp.array([0, 5, -1])),
                                 reference)
 
 
@@ -284,8 +284,8 @@ def test_launch_freezes_stage1_and_resumes_exactly(stage1_run, stage2_launched, 
   """launch.py with configs/stage2.py:tiny after a stage-1 run: the stage-1 weights in the stage-2 checkpoint are
   the stage-1 EMA weights bit for bit, the controller trained; a run resumed from step 10 ends where the
   uninterrupted one did."""
-  stage1 = ckpt_lib.restore_run(str(stage1_run))
-  trained = ckpt_lib.restore_run(str(stage2_launched), ema=False)
+  stage1 = run_lib.restore_run(str(stage1_run))
+  trained = run_lib.restore_run(str(stage2_launched), ema=False)
   assert trained.step == 20 and trained.config.stage == 2
   assert set(trained.params) == set(stage1.params) | {EMOTION_PARAMS}
   for key in stage1.params:
@@ -300,7 +300,7 @@ def test_launch_freezes_stage1_and_resumes_exactly(stage1_run, stage2_launched, 
   result = launch(resumed, f"--config.init_from={tmp_path / 'nowhere'}")   # a resume does not read stage 1 again
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resuming from" in result.stderr
-  again = ckpt_lib.restore_run(str(resumed), ema=False)
+  again = run_lib.restore_run(str(resumed), ema=False)
   assert again.step == 20
   assert_trees_equal(again.params, trained.params)
 

@@ -442,7 +442,7 @@ def test_config_errors_are_one_sentence(converted, kw, match):
 
 
 def test_dataset_of_another_encoder_is_one_sentence(converted, tmp_path):
-  from playmate_jax.data import builder, pipeline
+  from playmate_jax.data import builder, loader
   path = builder.version_dir(tmp_path)
   os.makedirs(path)
   with open(os.path.join(path, "dataset_info.json"), "w") as f:
@@ -454,7 +454,7 @@ def test_dataset_of_another_encoder_is_one_sentence(converted, tmp_path):
     config.data.data_dir = str(tmp_path)
     config.audio.encoder, config.audio.weights = "wav2vec2", converted
   with pytest.raises(UserError) as err:
-    pipeline.open_dataset(config)
+    loader.open_dataset(config)
   msg = one_sentence(err)
   assert "logmel80" in msg and get_encoder(config.audio).name in msg
 

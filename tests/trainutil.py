@@ -12,7 +12,7 @@ import chex
 import jax
 
 from playmate_jax import configlib
-from playmate_jax.train import checkpoint as ckpt_lib
+from playmate_jax import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "stage1.py") + ":tiny"
@@ -36,7 +36,7 @@ def launch(workdir, *args, devices=1, wait=True, env=None):
 
 
 def final_params(workdir):
-  run = ckpt_lib.restore_run(workdir, ema=False)
+  run = run_lib.restore_run(workdir, ema=False)
   return run.params, run.step
 
 

@@ -159,7 +159,7 @@ def save_stats(stats: DatasetStats, path: str | os.PathLike) -> None:
     json.dump(record, f)
 
 
-def load_stats(path: str | os.PathLike) -> DatasetStats:
+def read_stats(path: str | os.PathLike) -> DatasetStats:
   """Reads statistics written by `save_stats`; UserError if the file is missing."""
   path = os.fspath(path)
   if not os.path.isfile(path):

@@ -51,11 +51,6 @@ def split_params(params: dict, trainable: tuple[str, ...]) -> tuple[dict, dict]:
           {k: v for k, v in params.items() if k not in trainable})
 
 
-def model_params(state: TrainState, ema: bool = True) -> dict:
-  """All of the model's parameters: the (EMA) trained groups together with the frozen ones, if any."""
-  return {**state.get("frozen", {}), **state["ema_params" if ema else "params"]}
-
-
 def _initializer(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
                  trainable: tuple[str, ...] | None):
   def init(key: jax.Array, frozen: dict | None = None) -> TrainState:

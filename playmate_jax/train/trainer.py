@@ -24,7 +24,10 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from playmate_jax import configlib, data, generator
+from playmate_jax import configlib, generator
+from playmate_jax import run as run_lib
+from playmate_jax.data import loader
+from playmate_jax.data import stats as stats_lib
 from playmate_jax.errors import UserError
 from playmate_jax.generator.factory import model_factory, window_sampler  # noqa: F401  (re-exported)
 from playmate_jax.train import checkpoint as ckpt_lib
@@ -197,7 +200,7 @@ class Trainer:
     _check_workdir_stage(self.workdir, previous, config.stage)
     _check_resume_settings(self.workdir, previous, config)
     _check_init_from(self.workdir, config)
-    info = data.load_dataset_info(config)  # a missing dataset stops here, before the workdir is made
+    info = loader.load_dataset_info(config)  # a missing dataset stops here, before the workdir is made
     os.makedirs(self.workdir, exist_ok=True)
     self._lock = _lock_workdir(self.workdir)
 
@@ -207,7 +210,7 @@ class Trainer:
     root = jax.random.key(config.seed)
     self.init_key, self.step_key, self.eval_key = (jax.random.fold_in(root, i) for i in range(3))
     self.sample_window = generator.make_window_sampler(self.graphdef, self.diffusion, config)
-    self.data_iter = data.make_train_iterator(config, jax.process_index(), jax.process_count())
+    self.data_iter = loader.make_train_iterator(config, jax.process_index(), jax.process_count())
     self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config.train.keep_checkpoints)
     self.writer = metrics_lib.MetricWriter(self.workdir, "metrics.jsonl", "tensorboard/train")
     self.eval_writer = metrics_lib.MetricWriter(self.workdir, "eval_metrics.jsonl", "tensorboard/eval")
@@ -237,7 +240,7 @@ class Trainer:
     if not c.init_from:
       raise UserError("config.init_from is empty; stage 2 starts from a stage-1 run: pass "
                       "--config.init_from=STAGE1_WORKDIR (or one of its checkpoints/<step> folders).")
-    run = ckpt_lib.restore_run(c.init_from, sharding=mesh_lib.replicated(self.mesh))
+    run = run_lib.restore_run(c.init_from, sharding=mesh_lib.replicated(self.mesh))
     if run.config.stage != 1:
       raise UserError(f"config.init_from={c.init_from} holds a stage-{run.config.stage} checkpoint; pass the "
                       "workdir of a configs/stage1.py run.")
@@ -253,7 +256,7 @@ class Trainer:
     if params is None or shapes(params) != shapes(expected):
       raise UserError(f"The stage-1 weights in {run.workdir} do not fit this config's model (other audio features "
                       "or another version of the model); retrain stage 1 with this code and dataset.")
-    stats = data.load_stats(c)
+    stats = loader.dataset_stats(c)
     if not all(np.allclose(getattr(run.stats, k), getattr(stats, k))
                for k in ("exp_mean", "exp_std", "audio_mean", "audio_std")):
       log.warning("The stage-2 dataset's expression or audio statistics differ from those stage 1 (%s) was trained "
@@ -275,9 +278,9 @@ class Trainer:
   def evaluate(self, state) -> dict[str, float]:
     if self._eval_clips is None:
       e = self.config.eval
-      self._eval_clips = data.load_eval_clips(self.config, self.config.data.eval_split, e.num_clips, e.max_frames)
+      self._eval_clips = loader.load_eval_clips(self.config, self.config.data.eval_split, e.num_clips, e.max_frames)
     step = int(state["step"])
-    metrics, curves = eval_lib.evaluate(self.sample, to_host(state_lib.model_params(state)), self._eval_clips,
+    metrics, curves = eval_lib.evaluate(self.sample, to_host(run_lib.model_params(state)), self._eval_clips,
                                         jax.random.fold_in(self.eval_key, step), self.config.sample.w_audio,
                                         emotion=self.config.stage == 2)
     if self.is_main:
@@ -318,9 +321,9 @@ class Trainer:
     if self.is_main:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(configlib.to_json(self.config))
-      data.save_stats(data.load_stats(self.config), os.path.join(self.workdir, ckpt_lib.STATS_FILE))
+      stats_lib.save_stats(loader.dataset_stats(self.config), os.path.join(self.workdir, run_lib.STATS_FILE))
       log.info("Model: %s parameters, %s of them trained; %d devices over %d processes.",
-               f"{generator.count_params(state_lib.model_params(state)):,}",
+               f"{generator.count_params(run_lib.model_params(state)):,}",
                f"{generator.count_params(state['params']):,}", jax.device_count(), jax.process_count())
     previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     bar = tqdm(total=t.num_steps, initial=step, desc="stage %d" % self.config.stage, dynamic_ncols=True,

@@ -81,7 +81,7 @@ def _open(root: str, encoder_name: str) -> OpenedDataset:
     raise UserError(f"Clip index {clips_path} is missing; rewrite the dataset with the preprocessing pipeline.")
   with open(clips_path) as f:
     clips = json.load(f)
-  stats = stats_lib.load_stats(os.path.join(path, stats_lib.STATS_FILE))
+  stats = stats_lib.read_stats(os.path.join(path, stats_lib.STATS_FILE))
   return OpenedDataset(data_dir=root, path=path, metadata=metadata, stats=stats, clips=clips)
 
 
@@ -288,6 +288,6 @@ def load_labelled_expressions(config: ml_collections.ConfigDict, split: str,
   return out
 
 
-def load_stats(config: ml_collections.ConfigDict) -> stats_lib.DatasetStats:
+def dataset_stats(config: ml_collections.ConfigDict) -> stats_lib.DatasetStats:
   """The configured dataset's normalization statistics (`.motion_stats(speaker_id)` gives MotionStats)."""
   return open_dataset(config).stats

@@ -1,0 +1,105 @@
+"""A trained run at rest: what inference restores from a training workdir, without the training code.
+
+`restore_run(path)` gives the newest readable checkpoint's weights (EMA by default; stage 2 with the frozen stage-1
+part), its config (upgraded and validated by configlib) and the training data's normalization statistics. It needs
+no data iterator, no optimizer state and no dataset: sampling, animation, evaluation and stage 2's start read it.
+Checkpoints are Orbax folders `workdir/checkpoints/<step>` (`train.checkpoint.Checkpointer` writes them); a damaged
+one is skipped for the previous one with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, NamedTuple, TypeVar
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from playmate_jax import configlib
+from playmate_jax.data.stats import read_stats
+from playmate_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CONFIG_FILE = "metadata"   # the JSON file of a checkpoint's config, in its config/ folder (Orbax's default name)
+
+
+def model_params(state: dict, ema: bool = True) -> dict:
+  """All of the model's parameters: the (EMA) trained groups together with the frozen ones, if any."""
+  return {**state.get("frozen", {}), **state["ema_params" if ema else "params"]}
+
+
+def first_readable(candidates: list[str], load: Callable[[str], T]) -> T | None:
+  """load(candidate) for the first candidate (newest first) that loads; a damaged one is skipped with a warning."""
+  for candidate in candidates:
+    try:
+      return load(candidate)
+    except Exception as e:  # a damaged checkpoint: any error from Orbax, TensorStore or the file system
+      first_line = str(e).splitlines()[0][:200] if str(e) else ""
+      log.warning("Checkpoint %s is unreadable (%s: %s); trying the previous one.", candidate, type(e).__name__,
+                  first_line)
+  return None
+
+
+def _restore_state(state_dir: str, sharding: jax.sharding.Sharding | None = None,
+                   keys: tuple[str, ...] | None = None):
+  """The saved train state with every array on `sharding` (default: this process's first device), whatever mesh
+  and process count wrote it; with `keys`, only those top-level entries (e.g. no optimizer state: a stage-1
+  checkpoint holds four copies of the weights, and sampling needs one)."""
+  metadata = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  if keys is not None:
+    metadata = {k: v for k, v in metadata.items() if k in keys}
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
+  return ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=keys is not None))
+
+
+STATS_FILE = "dataset_stats.json"  # the training data's normalization statistics, copied into the workdir
+
+
+class Run(NamedTuple):
+  params: Any                         # all of the model's weights, EMA unless asked otherwise (stage 2: with frozen)
+  config: ml_collections.ConfigDict
+  step: int
+  workdir: str
+  stats: Any                          # playmate_jax.data.DatasetStats of the training data
+
+
+def restore_run(path: str, *, ema: bool = True, sharding: jax.sharding.Sharding | None = None) -> Run:
+  """A trained model from a workdir (its newest readable checkpoint) or from one checkpoints/<step> folder.
+
+  Used by sampling and by stage 2; needs no data iterator, no optimizer and no dataset. The weights are on
+  `sharding` (default: this process's first device). The checkpoint's config comes upgraded and validated
+  (configlib.from_saved, as a saved run's: no device count); an invalid one stops with one sentence naming its file.
+  """
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  if os.path.isdir(os.path.join(path, "state")):
+    candidates = [path]
+  elif os.path.isdir(path):
+    steps = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True)
+    candidates = [os.path.join(path, str(s)) for s in steps]
+  else:
+    raise UserError(f"Checkpoint {path} does not exist; pass a training workdir or one of its checkpoints/<step> folders.")
+  if not candidates:
+    raise UserError(f"No checkpoint found in {path}; train first with launch.py or pass another workdir.")
+  def load(candidate: str) -> tuple[str, Run]:
+    saved = ocp.Checkpointer(ocp.JsonCheckpointHandler(filename=CONFIG_FILE)).restore(
+        os.path.join(candidate, "config"))
+    tree = _restore_state(os.path.join(candidate, "state"), sharding,
+                          keys=("step", "ema_params" if ema else "params", "frozen"))
+    workdir = os.path.dirname(os.path.dirname(candidate))
+    stats = read_stats(os.path.join(workdir, STATS_FILE))
+    return candidate, Run(model_params(tree, ema), saved, int(tree["step"]), workdir, stats)
+
+  loaded = first_readable(candidates, load)
+  if loaded is None:
+    raise UserError(f"No readable checkpoint in {path}; every candidate failed to load (see the warnings above).")
+  # Validated once loaded, outside _first_readable: an invalid config is the run's mistake, not a damaged
+  # checkpoint to skip.
+  candidate, run = loaded
+  return run._replace(config=configlib.from_saved(run.config, os.path.join(candidate, "config", CONFIG_FILE)))
