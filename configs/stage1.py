@@ -39,8 +39,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.shuffle_seed = 0
   # Independent random windows cut from each clip read, side by side in the batch (as repeated augmentation puts
   # several views of one image in a batch): reading and decoding a clip costs the loader most of a window's time,
-  # so k windows per read make it faster (14 workers on the H200 machine: 7,187 / 15,045 / 24,898 samples/s for
-  # k = 1 / 2 / 4, BENCHMARKS.md), with batches of B/k clips instead of B.
+  # so k windows per read give the loader about k times the rate (BENCHMARKS.md), with batches of B/k clips.
   # 1: one window per clip read.
   c.data.windows_per_clip = 4
   # The source (identity condition, and previous motion before a clip's start) is a frame of the clip: its pose,
@@ -122,7 +121,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.plot = True
 
   if variant == "demo":
-    # Sized to learn the demo's audio-to-mouth rule in a few minutes on 2 CPU cores (about 70 ms a step).
+    # Sized to learn the demo's audio-to-mouth rule in a few minutes on 2 CPU cores.
     c.data.name = "demo"
     c.data.window = 40
     c.data.prev_frames = 8

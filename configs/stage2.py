@@ -70,8 +70,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.train.eval_every = 5000
 
     if variant == "demo":
-      # The controller has learned what it will on the demo by 500 steps (about 30 s on 2 CPU cores); longer
-      # training measured no better.
+      # The controller has learned what it will on the demo by 500 steps; longer training does no better.
       c.optim.lr = 1e-3
       c.optim.warmup_steps = 50
       c.train.num_steps = 500

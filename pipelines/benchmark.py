@@ -279,9 +279,10 @@ def bench_sample(config, seconds: float, repeats: int, profile: str | None = Non
   import jax.numpy as jnp
   from flax import nnx
   from playmate_jax import audio, generator, motion, profiling
-  from playmate_jax.train.trainer import check_stage, model_factory, window_sampler
+  from playmate_jax import configlib
+  from playmate_jax.generator.factory import model_factory, window_sampler
 
-  check_stage(config)
+  configlib.validate(config)
   audio_dim = audio.get_encoder(config.audio).feature_dim
   model_fn = model_factory(config, audio_dim)
   params = jax.jit(lambda k: nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=k)), nnx.Param)))(jax.random.key(0))

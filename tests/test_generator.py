@@ -10,9 +10,8 @@ from flax import nnx
 from configs.stage1 import get_config
 from playmate_jax import configlib
 from playmate_jax.errors import UserError
-from playmate_jax.generator import (Diffusion, MotionDiT, count_params, ddim_sample, ddim_timesteps, guided_eps,
-                                    make_window_sampler, sample_sequence, sample_window, training_loss,
-                                    window_eps_fn)
+from playmate_jax.generator import (Diffusion, MotionDiT, WindowSampler, count_params, ddim_sample, ddim_timesteps,
+                                    guided_eps, sample_sequence, sample_window, training_loss, window_eps_fn)
 
 D = 12                 # audio feature dim used in the tests
 CFG = get_config("tiny")
@@ -268,7 +267,7 @@ def test_guidance_weights():
   np.testing.assert_allclose(eps0, run(model, inp, audio_keep=jnp.zeros((2,), bool)), atol=1e-5)
 
   graphdef, params = nnx.split(model)
-  sampler = make_window_sampler(graphdef, d, CFG)
+  sampler = WindowSampler(graphdef, d, CFG)
   key = jax.random.key(5)
   cond = sample_window(model, d, *args, key, None, sampler.timesteps, sampler.eta, sampler.clip_x0)
   np.testing.assert_allclose(sampler(params, *args, key, 1.0), cond, rtol=2e-3, atol=1e-3)
@@ -295,16 +294,20 @@ def test_window_eps_fn_equals_the_model_at_every_step(w_audio):
 
 
 class RecordingSampler:
-  """A stand-in window sampler that records its inputs and returns distinct frames."""
+  """A stand-in window sampler (WindowSampler's `windows` protocol, one window per call) that records its inputs
+  and returns distinct frames."""
+  max_windows = 1
 
   def __init__(self):
     self.calls = []
 
-  def __call__(self, params, audio, prev, identity, key, w_audio, emotion=None, w_emotion=0.0):
+  def windows(self, params, audio, prev, identity, key, first, count, w_audio, emotion=None, w_emotion=0.0):
     audio, prev = np.asarray(audio), np.asarray(prev)
     self.calls.append((audio, prev))
     b, l = audio.shape[0], audio.shape[1] - 2 * C
-    return np.full((b, l, 69), len(self.calls), np.float32) + np.arange(l, dtype=np.float32)[None, :, None]
+    x0 = np.full((b, l, 69), len(self.calls), np.float32) + np.arange(l, dtype=np.float32)[None, :, None]
+    history = np.concatenate([prev, x0], axis=1)
+    return x0, history[:, history.shape[1] - prev.shape[1]:]
 
 
 @pytest.mark.parametrize("prev_frames", [K, 20])
@@ -329,7 +332,7 @@ def test_sample_sequence_windows(prev_frames):
 def test_sample_sequence_real_model_one_compile():
   model = perturb(make_model())
   graphdef, params = nnx.split(model)
-  sampler = make_window_sampler(graphdef, Diffusion.from_config(CFG.diffusion), CFG)
+  sampler = WindowSampler(graphdef, Diffusion.from_config(CFG.diffusion), CFG)
   rng = np.random.default_rng(0)
   identity = rng.normal(size=(132,)).astype(np.float32)
   key = jax.random.key(0)
@@ -340,7 +343,7 @@ def test_sample_sequence_real_model_one_compile():
   assert sampler.num_traces == 1     # 6 windows, two lengths, two guidance weights: one compilation
   one_by_one = get_config("tiny")
   one_by_one.sample.windows_per_call = 1
-  slow = make_window_sampler(graphdef, Diffusion.from_config(CFG.diffusion), one_by_one)
+  slow = WindowSampler(graphdef, Diffusion.from_config(CFG.diffusion), one_by_one)
   for length in (3 * L + 1, 2 * L):  # device-side windows (3 and 2 in one call) == one call per window
     audio = rng.normal(size=(length, D))
     np.testing.assert_allclose(sample_sequence(sampler, params, audio, identity, key, CFG),

@@ -30,8 +30,8 @@ from playmate_jax.generator import (EMOTION_PARAMS, NULL_EMOTION, Diffusion, Mot
                                     guided_eps, training_loss, window_eps_fn)
 from playmate_jax import run as run_lib
 from playmate_jax.train import mesh as mesh_lib
-from playmate_jax.train import state as state_lib
-from playmate_jax.train.trainer import Trainer, model_factory
+from playmate_jax.generator.factory import model_factory, model_graphdef
+from playmate_jax.train.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE1, STAGE2 = (os.path.join(ROOT, "configs", f"stage{i}.py") + ":tiny" for i in (1, 2))
@@ -266,7 +266,7 @@ def test_initial_state_is_stage1_plus_a_zero_controller(stage1_run, tmp_path):
   assert count_params(state["opt_state"]) == 2 * count_params(state["params"]) + 2   # + Adam's, schedule's counts
   # At step 0 the stage-2 model computes exactly what the stage-1 model (its EMA weights) computes, any emotion.
   audio_dim = state["frozen"]["audio_conv"]["kernel"].shape[1]
-  graph1 = state_lib.model_graphdef(model_factory(stage1.config, audio_dim))
+  graph1 = model_graphdef(model_factory(stage1.config, audio_dim))
   rng = np.random.default_rng(0)
   inp = dict(inputs(), audio=jnp.asarray(rng.normal(size=(3, L + 2 * C, audio_dim)), jnp.float32))
   reference = forward(graph1, stage1.params, inp)

@@ -65,8 +65,8 @@ def compute_dtype(model_cfg: Any) -> Any:
 
 def attention_kernel(model_cfg: Any) -> str:
   """config.model.attention resolved: "cudnn" (cuDNN's fused attention) or "xla" (two einsums and a float32
-  softmax). "auto" picks cuDNN on a GPU for a bfloat16/float16 model (the paper-scale train step on an H200: 37.5 ms
-  of device time with XLA's, 34.2 ms back to back with cuDNN's, BENCHMARKS.md), and XLA elsewhere."""
+  softmax). "auto" picks cuDNN on a GPU for a bfloat16/float16 model, where its fused kernel is the faster one
+  (BENCHMARKS.md), and XLA elsewhere."""
   kernel = model_cfg.attention
   if kernel == "auto":
     half = compute_dtype(model_cfg) in (jnp.bfloat16, jnp.float16)
@@ -114,9 +114,8 @@ def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Ar
   """nnx.Conv(dim, dim, (k,), padding="SAME", feature_group_count=dim) on x [B, N, dim] with its kernel [k, 1, dim]
   and bias [dim], computed as k shifted multiply-adds in x's dtype.
 
-  XLA fuses the taps into one elementwise kernel, forward and backward. On an H200 the cuDNN grouped convolution
-  it replaces took a quarter of the paper-scale train step (13 ms of 59 ms, with its layout transposes and weight
-  gradient 18 ms; `benchmark.py train --profile`).
+  XLA fuses the taps into one elementwise kernel, forward and backward, where a grouped convolution costs layout
+  transposes and a slow weight gradient on the GPU (BENCHMARKS.md has the profile).
   """
   taps, n = kernel.shape[0], x.shape[1]
   left = (taps - 1) // 2                                   # "SAME": the extra pad of an even kernel goes right

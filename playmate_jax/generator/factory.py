@@ -8,7 +8,7 @@ from flax import nnx
 
 from playmate_jax.generator.diffusion import Diffusion
 from playmate_jax.generator.dit import MotionDiT
-from playmate_jax.generator.sampling import WindowSampler, make_window_sampler
+from playmate_jax.generator.sampling import WindowSampler
 from playmate_jax.shapes import abstract_module
 
 
@@ -28,4 +28,4 @@ def window_sampler(config: ml_collections.ConfigDict, audio_dim: int) -> WindowS
   """The jitted DDIM + guidance sampler of this config's model (params are an argument of each call): what
   sampling, animation, evaluation and the sample benchmark use."""
   graphdef = model_graphdef(model_factory(config, audio_dim))
-  return make_window_sampler(graphdef, Diffusion.from_config(config.diffusion), config)
+  return WindowSampler(graphdef, Diffusion.from_config(config.diffusion), config)

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 from flax import nnx
 
 from playmate_jax.generator.diffusion import Diffusion
@@ -19,8 +20,7 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
   """`steps` timesteps T/steps apart, descending to 0 (int32): DDIM's original "leading" spacing.
 
   It starts at (steps - 1) * T / steps rather than at T - 1: at the very last timestep alpha_bar is ~0 and an
-  eps-prediction model's x0 estimate there is all error (measured on the demo: held-out mouth correlation 0.87
-  starting at T - 1, 0.96 with this spacing). 1 <= steps <= num_timesteps (configlib.validate checks
+  eps-prediction model's x0 estimate there is all error. 1 <= steps <= num_timesteps (configlib.validate checks
   config.sample.ddim_steps).
   """
   return (np.arange(steps)[::-1] * num_timesteps // steps).astype(np.int32)
@@ -219,12 +219,7 @@ class WindowSampler:
                                 jnp.int32(count), f32(w_audio), emotion, f32(w_emotion))
 
 
-def make_window_sampler(graphdef: Any, diffusion: Diffusion, config: Any) -> WindowSampler:
-  """The window sampler for a model graph (nnx.split(model)[0]), schedule and config (uses config.sample)."""
-  return WindowSampler(graphdef, diffusion, config)
-
-
-def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, identity: Any, key: jax.Array,
+def sample_sequence(window_sampler: WindowSampler, params: Any, audio_features: Any, identity: Any, key: jax.Array,
                     config: Any, *, w_audio: float | None = None, emotion: Any = None,
                     w_emotion: float | None = None, progress: bool = False) -> np.ndarray:
   """Normalized motion for a whole clip, window by window; memory stays flat for any length.
@@ -250,28 +245,19 @@ def sample_sequence(window_sampler: Callable, params: Any, audio_features: Any, 
   if emotion is not None:
     emotion = np.broadcast_to(np.asarray(emotion, np.int32), (b,))
   n = math.ceil(t / l)
-  # One call per `per_call` windows (a WindowSampler runs them on the device in one go; any other window sampler,
-  # e.g. a test's stand-in, is called window by window).
-  per_call = window_sampler.max_windows if isinstance(window_sampler, WindowSampler) else 1
+  per_call = window_sampler.max_windows  # windows generated per device call, with no host round trip between
   padded = np.zeros((b, math.ceil(n / per_call) * per_call * l + 2 * c, d), np.float32)
   padded[:, c:c + t] = audio
   prev = np.repeat(ident[:, None, :MOTION_DIM], k, axis=1)
   parts = []
   bar = None
   if progress:
-    from tqdm.auto import tqdm
     bar = tqdm(total=n, desc="sampling windows", unit="window")
   for first in range(0, n, per_call):
     count = min(per_call, n - first)
     s = first * l
-    if per_call > 1:
-      x0, prev = window_sampler.windows(params, padded[:, s:s + per_call * l + 2 * c], prev, ident,
-                                        key, first, count, w, emotion, w_e)
-    else:
-      x0 = np.asarray(jax.device_get(window_sampler(params, padded[:, s:s + l + 2 * c], prev, ident,
-                                                    jax.random.fold_in(key, first), w, emotion, w_e)), np.float32)
-      history = np.concatenate([prev, x0], axis=1)
-      prev = history[:, history.shape[1] - k:]
+    x0, prev = window_sampler.windows(params, padded[:, s:s + per_call * l + 2 * c], prev, ident, key, first, count,
+                                      w, emotion, w_e)
     parts.append((x0, count))   # a windows() call's x0 holds max_windows * L frames: cut to count * L on the host
                                 # below (a device slice per count would be a program of its own)
     if bar is not None:

@@ -3,11 +3,10 @@
 `evaluate` and `plot` run during training (every config.train.eval_every steps); `evaluate_clips` and
 `plot_emotion` are the fuller evaluation of `pipelines/evaluate.py` (see `evaluate_clips` for its metrics).
 
-Metrics of `evaluate` (averaged over the held-out clips):
-  mouth_corr           correlation over time between sampled and true mouth opening (audio guidance w_audio)
-  mouth_corr_no_audio  the same with the audio condition dropped (should stay near zero)
-  pose_std             spread over time of the generated head rotation (degrees, mean of pitch/yaw/roll)
-  pose_std_true        the same for the ground truth
+Metrics of `evaluate` (averaged over the held-out clips): every one of `motion_metrics` (mouth_corr, kp_dist,
+pose_std, pose_std_true, pose_dist, jitter, jitter_true; the same function evaluate_clips uses, so training's and
+evaluate.py's numbers agree), and
+  mouth_corr_no_audio  mouth_corr with the audio condition dropped (should stay near zero)
   exp_l1               mean absolute error of the generated expression (keypoint units)
   exp_l1_no_emotion    stage 2: exp_l1 with the emotion dropped (exp_l1 itself guided by the clip's emotion label)
 """
@@ -55,13 +54,9 @@ def evaluate(sample: SampleFn, params, clips: list[dict], key: jax.Array, w_audi
     gen0 = sample_clip(0.0, null)
     true = _denormalized(clip["motion"], clip["stats"])
     m_gen, m_gen0, m_true = (np.asarray(motion.mouth_opening(d["exp"])) for d in (gen, gen0, true))
-    rows.append({
-        "mouth_corr": _corr(m_gen, m_true),
-        "mouth_corr_no_audio": _corr(m_gen0, m_true),
-        "pose_std": float(rotation(gen).std(0).mean()),
-        "pose_std_true": float(rotation(true).std(0).mean()),
-        "exp_l1": float(np.abs(gen["exp"] - true["exp"]).mean()),
-    })
+    # The same per-clip metrics as evaluate_clips (pipelines/evaluate.py), computed by the same function.
+    rows.append({**motion_metrics(gen, true, clip["kp"]), "mouth_corr_no_audio": _corr(m_gen0, m_true),
+                 "exp_l1": float(np.abs(gen["exp"] - true["exp"]).mean())})
     if emotion:
       rows[-1]["exp_l1_no_emotion"] = float(np.abs(sample_clip(w_audio, null)["exp"] - true["exp"]).mean())
     curves.append({"clip_id": clip["clip_id"], "mouth": (m_gen, m_gen0, m_true),

@@ -18,7 +18,6 @@ import ml_collections
 import optax
 from flax import nnx
 
-from playmate_jax.generator.factory import model_graphdef  # noqa: F401  (re-exported)
 from playmate_jax.train import mesh as mesh_lib
 
 TrainState = dict[str, Any]

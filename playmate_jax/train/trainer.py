@@ -29,7 +29,7 @@ from playmate_jax import run as run_lib
 from playmate_jax.data import loader
 from playmate_jax.data import stats as stats_lib
 from playmate_jax.errors import UserError
-from playmate_jax.generator.factory import model_factory, window_sampler  # noqa: F401  (re-exported)
+from playmate_jax.generator.factory import model_factory, model_graphdef
 from playmate_jax.train import checkpoint as ckpt_lib
 from playmate_jax.train import evaluate as eval_lib
 from playmate_jax.train import mesh as mesh_lib
@@ -48,12 +48,6 @@ class TrainingDiverged(UserError):
 STAGE1_SETTINGS = ("model.dim", "model.depth", "model.num_heads", "model.mlp_ratio", "model.conv_kernel",
                    "model.head_hidden", "data.prev_frames", "data.audio_context", "audio.encoder",
                    "diffusion.num_timesteps", "diffusion.schedule", "diffusion.beta_start", "diffusion.beta_end")
-
-
-def check_stage(config: ml_collections.ConfigDict) -> None:
-  """configlib.validate without a device count: every check of the config, the stage's included (kept under this
-  name for pipelines/benchmark.py's sampling benchmark, which imports it from here)."""
-  configlib.validate(config)
 
 
 def trainable_params(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
@@ -78,7 +72,7 @@ def build_components(config: ml_collections.ConfigDict, mesh, audio_dim: int) ->
   diffusion = generator.Diffusion.from_config(config.diffusion)
   tx = state_lib.make_optimizer(config)
   lr_schedule = state_lib.learning_rate_schedule(config.optim, config.train.num_steps)
-  graphdef = state_lib.model_graphdef(model_fn)
+  graphdef = model_graphdef(model_fn)
   emotion_drop_prob = config.emotion.drop_prob if config.stage == 2 else 0.0
 
   def loss_fn(model, batch, key):
@@ -209,7 +203,7 @@ class Trainer:
 
     root = jax.random.key(config.seed)
     self.init_key, self.step_key, self.eval_key = (jax.random.fold_in(root, i) for i in range(3))
-    self.sample_window = generator.make_window_sampler(self.graphdef, self.diffusion, config)
+    self.sampler = generator.WindowSampler(self.graphdef, self.diffusion, config)
     self.data_iter = loader.make_train_iterator(config, jax.process_index(), jax.process_count())
     self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config.train.keep_checkpoints)
     self.writer = metrics_lib.MetricWriter(self.workdir, "metrics.jsonl", "tensorboard/train")
@@ -272,7 +266,7 @@ class Trainer:
   # -- evaluation ----------------------------------------------------------------------------------------------
 
   def sample(self, params, audio, identity, key, w_audio, emotion=None):
-    return generator.sample_sequence(self.sample_window, params, audio, identity, key, self.config, w_audio=w_audio,
+    return generator.sample_sequence(self.sampler, params, audio, identity, key, self.config, w_audio=w_audio,
                                      emotion=emotion)
 
   def evaluate(self, state) -> dict[str, float]:
