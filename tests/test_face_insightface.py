@@ -277,22 +277,23 @@ def test_missing_folder(tmp_path):
   _one_sentence(error, tmp_path / "nowhere")
 
 
-def test_missing_file_names_it(weights, tmp_path):
-  folder = _copy(weights, tmp_path)
-  missing = folder / insightface.MODEL_FILES["landmark203"]
-  os.remove(missing)
-  with pytest.raises(UserError, match="is missing; give --face-models") as error:
-    insightface.InsightFaceModels(str(folder))
-  _one_sentence(error, missing)
+def _remove(path):
+  os.remove(path)
 
 
-def test_garbage_file_names_it(weights, tmp_path):
+def _garble(path):
+  path.write_bytes(b"this is not an onnx model")
+
+
+@pytest.mark.parametrize("model, spoil, said", [("landmark203", _remove, "is missing; give --face-models"),
+                                                ("detector", _garble, "could not be loaded")])
+def test_missing_or_garbage_file_names_it(weights, tmp_path, model, spoil, said):
   folder = _copy(weights, tmp_path)
-  garbage = folder / insightface.MODEL_FILES["detector"]
-  garbage.write_bytes(b"this is not an onnx model")
-  with pytest.raises(UserError, match="could not be loaded") as error:
+  spoiled = folder / insightface.MODEL_FILES[model]
+  spoil(spoiled)
+  with pytest.raises(UserError, match=said) as error:
     insightface.InsightFaceModels(str(folder))
-  _one_sentence(error, garbage)
+  _one_sentence(error, spoiled)
 
 
 def test_wrong_model_names_it(weights, tmp_path):

@@ -147,16 +147,18 @@ def _models(folder: str):
   return det, mesh, det_fn, mesh_fn
 
 
-def _bucket(n: int) -> int:
-  """Batch sizes are rounded up to a power of two, so that a few programs serve every count."""
-  return 1 << max(0, (n - 1).bit_length())
+CHUNK = 8  # images per model call for batches: with single images, two compiled programs per model for any count
 
 
 def _run(fn, params, batch: np.ndarray) -> list[np.ndarray]:
+  """The model over a batch of any size: one image alone (a portrait, a tracker's frame), more in chunks of CHUNK
+  (the last zero-padded; all dispatched before any is read back)."""
   n = len(batch)
-  padded = np.zeros((_bucket(n),) + batch.shape[1:], np.float32)
+  chunk = 1 if n == 1 else CHUNK
+  padded = np.zeros((-(-n // chunk) * chunk,) + batch.shape[1:], np.float32)
   padded[:n] = batch
-  return [np.asarray(o)[:n] for o in fn(params, jnp.asarray(padded))]
+  outs = [fn(params, jnp.asarray(padded[i:i + chunk])) for i in range(0, len(padded), chunk)]
+  return [np.concatenate([np.asarray(o[k]) for o in outs])[:n] for k in range(len(outs[0]))]
 
 
 class MediaPipeFaces:
