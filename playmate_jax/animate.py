@@ -26,6 +26,7 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from playmate_jax import audio, configlib, generator
 from playmate_jax import motion as motion_lib
@@ -307,7 +308,6 @@ def render_video(renderer, portrait: Portrait, frames: Mapping[str, np.ndarray],
                  paste_back: bool = False, progress: bool = True) -> dict:
   """Renders composed motion (`compose`) of the portrait into an H.264 mp4 at 25 fps with the audio muxed in
   (a file or a 16 kHz waveform) as the frames are encoded; returns dict(frames, size (h, w))."""
-  from tqdm import tqdm
   n = len(frames["exp"])
 
   def batches():

@@ -5,9 +5,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
 import tempfile
 from typing import Callable
+
+import numpy as np
 
 from playmate_jax.errors import UserError
 
@@ -59,7 +62,6 @@ def run(main: Callable[[], object], *, compile_cache: bool = True) -> int:
   `compile_cache`, JAX's persistent compilation cache is on (`enable_compilation_cache`)."""
   if compile_cache:
     enable_compilation_cache()
-  import signal
   previous = signal.getsignal(signal.SIGTERM)
   if previous in (signal.SIG_DFL, None):  # SIGTERM as Ctrl-C, so that cleanups run (a trainer installs its own)
     signal.signal(signal.SIGTERM, _terminated)
@@ -109,7 +111,6 @@ def check_output_folder(path: str, option: str = "--out") -> None:
 
 def save_npz(path: str, **arrays) -> None:
   """np.savez through a temporary file beside `path`, renamed into place: never a half-written file."""
-  import numpy as np
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(suffix=".npz", prefix=".tmp-", dir=folder)
   try:

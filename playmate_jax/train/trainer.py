@@ -12,6 +12,7 @@ restores the stage-1 EMA weights from config.init_from into the state's 'frozen'
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -150,7 +151,6 @@ def _check_init_from(workdir: str, config: ml_collections.ConfigDict) -> None:
 def _lock_workdir(workdir: str):
   """An exclusive lock on the workdir for this process's lifetime: a second training process on the same workdir
   would interleave checkpoints and logs, so it is refused with one sentence."""
-  import fcntl
   path = os.path.join(workdir, f".lock-{jax.process_index()}")
   handle = open(path, "a+")
   try:

@@ -23,6 +23,7 @@ from playmate_jax.convert.liveportrait import appearance, motion_extractor, spad
 from playmate_jax.convert.torch_io import load_torch_file
 from playmate_jax.errors import UserError
 from playmate_jax.renderer.config import RELEASED_MODEL_PARAMS, load_models_yaml
+from playmate_jax.renderer.networks import abstract_params  # the layout the renderer loads
 
 KIND = "liveportrait"
 BASE_FILES = {  # renderer component -> (file, converter)
@@ -85,7 +86,6 @@ def load_state_dicts(src: str) -> tuple[dict[str, Mapping], Mapping]:
 
 def convert_dir(src: str | os.PathLike, dst: str | os.PathLike, models_yaml: str | None = None) -> dict[str, Any]:
   """Convert the released folder `src` into `dst`; returns the converted params."""
-  from playmate_jax.renderer.networks import abstract_params  # what the renderer needs
   src, dst = os.fspath(src), os.fspath(dst)
   model_params = model_params_for(src, models_yaml)
   base, retargeting = load_state_dicts(src)
