@@ -77,7 +77,7 @@ def _options(op, cls) -> dict:
       value = getattr(opts, name)
       if callable(value):
         try:
-          out[name] = value() if not name.endswith("AsNumpy") else value()
+          out[name] = value()
         except TypeError:  # vector accessors take an index
           continue
   return out
