@@ -109,6 +109,14 @@ def check_output_folder(path: str, option: str = "--out") -> None:
                     "its permissions.") from None
 
 
+def publish(tmp: str, path: str) -> None:
+  """Moves a finished temporary file into place with the mode any new file gets (mkstemp makes it 0600)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
+  os.replace(tmp, path)
+
+
 def save_npz(path: str, **arrays) -> None:
   """np.savez through a temporary file beside `path`, renamed into place: never a half-written file."""
   folder = os.path.dirname(os.path.abspath(path))
@@ -116,10 +124,7 @@ def save_npz(path: str, **arrays) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **arrays)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)

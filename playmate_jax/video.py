@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import imageio_ffmpeg
 import numpy as np
 
+from playmate_jax import cli
 from playmate_jax.errors import UserError
 
 AUDIO_RATE = 16000
@@ -212,14 +213,6 @@ def read_audio(path: str | os.PathLike, sample_rate: int = AUDIO_RATE) -> np.nda
   return np.frombuffer(proc.stdout, np.float32).copy()
 
 
-def _publish(tmp: str, path: str) -> None:
-  """Moves a finished temporary file into place with the mode any new file gets (mkstemp makes it 0600)."""
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)
-  os.replace(tmp, path)
-
-
 class VideoWriter:
   """Streams RGB uint8 frames to an H.264 mp4 (yuv420p) through one ffmpeg process, optionally with audio.
 
@@ -324,7 +317,7 @@ class VideoWriter:
     self._proc = None
     try:
       if self.audio is None or self.one_pass:
-        _publish(self._video_tmp, self.path)
+        cli.publish(self._video_tmp, self.path)
       else:
         self._mux()
     finally:
@@ -397,7 +390,7 @@ class VideoWriter:
         proc = subprocess.run(cmd, capture_output=True, text=True)
       if proc.returncode != 0:
         raise self._audio_error()
-      _publish(out_tmp, self.path)
+      cli.publish(out_tmp, self.path)
     finally:
       self._remove(out_tmp)
 

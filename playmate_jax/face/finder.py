@@ -45,15 +45,11 @@ class FaceFinder:
   def find(self, image: np.ndarray, small_faces: bool = True) -> list[Face]:
     """Every face of an RGB uint8 image, largest first. `small_faces`: also search a large image in tiles when
     the whole image shows none (a small figure); the video tracker leaves it off (background faces are ignored)."""
-    if hasattr(self.backend, "find_batch"):
-      return self.backend.find_batch([image], small_faces=small_faces)[0]
-    return self.backend.find(image)
+    return self.backend.find_batch([image], small_faces=small_faces)[0]
 
   def find_batch(self, frames: list[np.ndarray]) -> list[list[Face]]:
     """The faces of each frame, largest first (whole frames only: no tiles)."""
-    if hasattr(self.backend, "find_batch"):
-      return self.backend.find_batch(frames, small_faces=False)
-    return [self.backend.find(f) for f in frames]
+    return self.backend.find_batch(frames, small_faces=False)
 
 
 @functools.lru_cache(maxsize=4)

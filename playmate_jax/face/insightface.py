@@ -372,6 +372,10 @@ class InsightFaceModels:
     """Every face in an RGB uint8 [H, W, 3] `image` with its 203 points, largest box first."""
     return [detection.face() for detection in self.detect(image)]
 
+  def find_batch(self, images: list[np.ndarray], small_faces: bool = False) -> list[list[Face]]:
+    """`find` per image (the detector already looks at every face size; `small_faces` needs no second pass)."""
+    return [self.find(image) for image in images]
+
 
 def _check_image(image: np.ndarray) -> np.ndarray:
   image = np.asarray(image)
