@@ -148,6 +148,21 @@ def _rewrite_shard(path: str, options: str, chunk: int = 64) -> None:
   os.replace(tmp, path)
 
 
+def compressed_shards(path: str) -> bool:
+  """Whether the dataset at `path` (a version folder) stores its shards compressed, as versions before
+  SHARD_OPTIONS wrote them (TFDS' default, zstd): they read correctly, more slowly. Its first shard tells (every
+  shard of a dataset is written alike)."""
+  from array_record.python import array_record_module
+  shards = sorted(glob.glob(os.path.join(path, f"{NAME}-*.array_record-*")))
+  if not shards:
+    return False
+  reader = array_record_module.ArrayRecordReader(shards[0])
+  try:
+    return "uncompressed" not in reader.writer_options_string()
+  finally:
+    reader.close()
+
+
 def version_dir(data_dir: str | os.PathLike) -> str:
   """DATA_DIR/playmate_clips/1.0.0: where the shards, metadata and statistics of a dataset live."""
   return os.path.join(os.fspath(data_dir), NAME, VERSION)

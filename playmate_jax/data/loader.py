@@ -21,6 +21,7 @@ known once the dataset is opened.
 
 from collections.abc import Sequence
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -65,23 +66,66 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
   return os.path.expanduser(config.data.data_dir)
 
 
+def _read_json(path: str, what: str) -> Any:
+  """A dataset's JSON file; UserError naming it (and the rewrite) if it is missing or unreadable."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    state = "is missing" if isinstance(e, FileNotFoundError) else f"could not be read ({type(e).__name__})"
+    fix = stats_lib.refresh(os.path.join(os.path.dirname(path), stats_lib.STATS_FILE))
+    raise UserError(f"The {what} {path} {state}; {fix}.") from None
+
+
+def _recompute_stats(path: str, num_frames: int) -> stats_lib.DatasetStats:
+  """The dataset's statistics computed again from the records of the split they were computed from (the one of
+  `num_frames` frames: "train" for every writer), in record order, exactly as the writer computed them."""
+  clips = _read_json(os.path.join(path, builder.CLIPS_FILE), "clip index")
+  splits = sorted(clips, key=lambda s: s != "train")
+  split = next((s for s in splits if sum(c["num_frames"] for c in clips[s]) == num_frames), None)
+  if split is None:
+    raise UserError(f"The statistics {os.path.join(path, stats_lib.STATS_FILE)} hold {num_frames} frames, which no "
+                    f"split of {os.path.join(path, builder.CLIPS_FILE)} does, so what they lack cannot be computed "
+                    f"again; {stats_lib.refresh(os.path.join(path, stats_lib.STATS_FILE))}.")
+  acc = stats_lib.StatsAccumulator()
+  for ex in tfds.builder_from_directory(path).as_data_source(split=split):
+    acc.add(ex["speaker_id"].decode(), ex["motion"], ex["audio"]["features"], int(ex["emotion"]))
+  return acc.finalize()
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset_stats(path: str, version: tuple[int, ...]) -> stats_lib.DatasetStats:
+  """The statistics of the dataset at `path` (upgraded: stats.upgrade_stats), read once per process and version
+  of its files (`version`: inode, size and modification time of stats.json and clips.json), so that an older
+  dataset's are computed again only once."""
+  return stats_lib.read_stats(os.path.join(path, stats_lib.STATS_FILE), lambda n: _recompute_stats(path, n))
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_compressed(path: str) -> None:
+  """One warning per process for a dataset whose shards are compressed (versions before builder.SHARD_OPTIONS)."""
+  if builder.compressed_shards(path):
+    logging.getLogger(__name__).warning(
+        "Dataset %s stores its shards zstd-compressed, as older versions of the project wrote them; they read "
+        "correctly but more slowly (BENCHMARKS.md, the loader rows): to store them uncompressed, %s.", path,
+        stats_lib.refresh(os.path.join(path, stats_lib.STATS_FILE)))
+
+
 def _open(root: str, encoder_name: str) -> OpenedDataset:
   path = builder.version_dir(root)
   if not os.path.isfile(os.path.join(path, "dataset_info.json")):
     raise UserError(f"No playmate_clips dataset in {root} (expected {path}); run the preprocessing pipeline "
                     "to write one there, fix config.data.data_dir, or use --config.data.name=demo.")
-  with open(os.path.join(path, "metadata.json")) as f:
-    metadata = json.load(f)
+  metadata = _read_json(os.path.join(path, "metadata.json"), "dataset metadata")
   if metadata.get("audio_encoder") != encoder_name:
     raise UserError(f"Dataset {path} holds audio features of encoder {metadata.get('audio_encoder')!r} but "
                     f"config.audio gives {encoder_name!r}; set config.audio to the dataset's settings "
                     f"({metadata.get('audio_config')}) or rewrite the dataset with this config.")
   clips_path = os.path.join(path, builder.CLIPS_FILE)
-  if not os.path.isfile(clips_path):
-    raise UserError(f"Clip index {clips_path} is missing; rewrite the dataset with the preprocessing pipeline.")
-  with open(clips_path) as f:
-    clips = json.load(f)
-  stats = stats_lib.read_stats(os.path.join(path, stats_lib.STATS_FILE))
+  clips = _read_json(clips_path, "clip index")
+  stamp = lambda f: (os.stat(f).st_ino, os.stat(f).st_size, os.stat(f).st_mtime_ns) if os.path.exists(f) else ()
+  stats = _dataset_stats(path, stamp(os.path.join(path, stats_lib.STATS_FILE)) + stamp(clips_path))
+  _warn_compressed(path)
   return OpenedDataset(data_dir=root, path=path, metadata=metadata, stats=stats, clips=clips)
 
 

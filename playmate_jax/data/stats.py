@@ -12,15 +12,18 @@ portrait is usually neutral while a training clip's own frames carry the clip's 
 gets the mean over speakers.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import dataclasses
 import json
+import logging
 import os
 
 import numpy as np
 
 from playmate_jax.errors import UserError
 from playmate_jax.motion import EMOTIONS, EXP_DIM, MOTION_DIM, STD_FLOOR, MotionStats
+
+log = logging.getLogger(__name__)
 
 STATS_FILE = "stats.json"
 NEUTRAL = EMOTIONS.index("neutral")
@@ -148,25 +151,85 @@ class StatsAccumulator:
         num_frames=int(self._exp.n), exp_reference=reference)
 
 
-def save_stats(stats: DatasetStats, path: str | os.PathLike) -> None:
-  """Writes the statistics as JSON."""
+def _to_record(stats: DatasetStats) -> dict:
+  """The JSON record of `stats` (lists of floats), as save_stats writes it."""
   lists = lambda d: {k: np.asarray(v).tolist() for k, v in d.items()}
   record = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
-  record = {k: lists(v) if isinstance(v, dict) else (v if isinstance(v, int) else np.asarray(v).tolist())
-            for k, v in record.items()}
+  return {k: lists(v) if isinstance(v, dict) else (v if isinstance(v, int) else np.asarray(v).tolist())
+          for k, v in record.items()}
+
+
+def save_stats(stats: DatasetStats, path: str | os.PathLike) -> None:
+  """Writes the statistics as JSON."""
+  record = _to_record(stats)
   record["motion_dim"] = MOTION_DIM
   with open(path, "w") as f:
     json.dump(record, f)
 
 
-def read_stats(path: str | os.PathLike) -> DatasetStats:
-  """Reads statistics written by `save_stats`; UserError if the file is missing."""
+# The fields of stats.json that every version wrote, and those that later versions added (`upgrade_stats` fills
+# them): kp_mean from the second commit on (3e032ca), exp_reference with stage 2's neutral source (f57203c).
+FIRST_FIELDS = ("exp_mean", "exp_std", "pose_mean", "pose_std", "default_pose_mean", "default_pose_std",
+                "audio_mean", "audio_std", "num_frames")
+ADDED_FIELDS = ("kp_mean", "exp_reference")
+
+
+def refresh(path: str) -> str:
+  """How to replace the statistics file `path` by a complete one: a dataset's (stats.json) is rewritten with the
+  dataset; a training run's copy (dataset_stats.json) is the copy of its dataset's."""
+  if os.path.basename(path) == STATS_FILE:
+    return (f"delete {os.path.dirname(path)} and rerun pipelines/preprocess.py with the arguments that wrote it (it "
+            "reuses its per-video results)")
+  return f"copy the {STATS_FILE} of the dataset the run was trained on to {path}"
+
+
+def upgrade_stats(record: Mapping, path: str, recompute: Callable[[int], DatasetStats] | None = None) -> dict:
+  """The record of a stats.json file (`path`, as read from JSON) with every field of ADDED_FIELDS it lacks filled
+  in; values present are never changed, and a record that has them all is returned as it is.
+
+  With `recompute` (given the record's num_frames, which tells the split they came from, it computes the statistics
+  again from the dataset's clips, exactly as the writer does; data.loader passes it), the missing fields are taken
+  from it, with one warning saying how to store them. Without it (a training run's copy, dataset_stats.json, read
+  where its dataset may not be), exp_reference is left empty: `DatasetStats.reference_expression` then falls back
+  to the global expression mean (nothing reads a run's references: training and evaluation take the dataset's
+  own), and a missing kp_mean is a UserError. A field that every version wrote, missing, is a UserError naming the
+  file: it is damaged, not old.
+  """
+  lost = [k for k in FIRST_FIELDS if k not in record]
+  if lost:
+    raise UserError(f"Normalization statistics {path} lack {lost[0]}, which every version of the project wrote, so "
+                    f"the file is damaged; {refresh(path)}.")
+  missing = [k for k in ADDED_FIELDS if k not in record]
+  if not missing:
+    return dict(record)
+  if recompute is not None:
+    fresh = _to_record(recompute(int(record["num_frames"])))
+    log.warning("Normalization statistics %s were written by an older version without %s; they were computed "
+                "again from the dataset's clips, which happens at every start until the dataset is rewritten: to "
+                "store them, %s.", path, " and ".join(missing), refresh(path))
+    return {**record, **{k: fresh[k] for k in missing}}
+  if "kp_mean" in missing:
+    raise UserError(f"Normalization statistics {path} lack kp_mean (the project's first version wrote no mean "
+                    "identity), and the dataset they came from is not at hand to compute it; train this run again "
+                    "with the current code.")
+  return {**record, "exp_reference": {}}
+
+
+def read_stats(path: str | os.PathLike, recompute: Callable[[int], DatasetStats] | None = None) -> DatasetStats:
+  """Reads statistics written by `save_stats` of this or an older version (`upgrade_stats`, which `recompute` is
+  passed to); UserError if the file is missing, unreadable or damaged."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise UserError(f"Normalization statistics {path} are missing; rewrite the dataset with the "
-                    "preprocessing pipeline (it writes them beside the shards).")
-  with open(path) as f:
-    r = json.load(f)
+    raise UserError(f"Normalization statistics {path} are missing; {refresh(path)}.")
+  try:
+    with open(path) as f:
+      r = json.load(f)
+    if not isinstance(r, dict):
+      raise ValueError("not a JSON object")
+  except (OSError, ValueError) as e:
+    raise UserError(f"Normalization statistics {path} could not be read ({type(e).__name__}); "
+                    f"{refresh(path)}.") from None
+  r = upgrade_stats(r, path, recompute)
   arr = lambda x: np.asarray(x, np.float32)
   return DatasetStats(
       exp_mean=arr(r["exp_mean"]), exp_std=arr(r["exp_std"]),
@@ -174,4 +237,4 @@ def read_stats(path: str | os.PathLike) -> DatasetStats:
       pose_std={k: arr(v) for k, v in r["pose_std"].items()},
       default_pose_mean=arr(r["default_pose_mean"]), default_pose_std=arr(r["default_pose_std"]),
       audio_mean=arr(r["audio_mean"]), audio_std=arr(r["audio_std"]), kp_mean=arr(r["kp_mean"]),
-      num_frames=int(r["num_frames"]), exp_reference={k: arr(v) for k, v in r.get("exp_reference", {}).items()})
+      num_frames=int(r["num_frames"]), exp_reference={k: arr(v) for k, v in r["exp_reference"].items()})
