@@ -44,12 +44,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True, help="a training workdir (newest checkpoint) or one checkpoint")
   p.add_argument("--renderer", required=True, help="converted LivePortrait weights folder, random or random:tiny")
-  p.add_argument("--image", required=True, help="the portrait: a photo of a person (the largest face is animated)")
+  p.add_argument("--image", default=None, help="the portrait: a photo of a person (the largest face is animated)")
+  p.add_argument("--audio", default=None, help="speech: wav, flac, mp3, or a video's audio track")
+  p.add_argument("--jobs", default=None, help="a CSV of jobs (columns image, audio, out; optionally emotion, pose, "
+                 "w_audio, w_emotion, ddim_steps, seed, face, paste_back, no_crop) run in this one process, "
+                 "instead of --image and --audio; a per-job report is written beside it (JOBS.report.csv)")
   p.add_argument("--face", type=int, default=None, help="which face to animate when the photo has several "
                  "(1 = the largest, the default)")
   p.add_argument("--face-models", default=None, help="LivePortrait's pretrained_weights folder: find faces with its "
                  "own insightface and landmark models (onnxruntime) instead of MediaPipe's")
-  p.add_argument("--audio", required=True, help="speech: wav, flac, mp3, or a video's audio track")
   p.add_argument("--emotion", default=None, help="stage 2: the emotion to show")
   p.add_argument("--pose", default="generated", help="generated, fixed, sweep or video:FILE")
   p.add_argument("--out", default=None, help="output mp4 (default: beside the audio, AUDIO.mp4)")
@@ -65,91 +68,147 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="renderer compute dtype")
   p.add_argument("--no-stitching", action="store_true", help="turn LivePortrait's stitching off")
   p.add_argument("--no-progress", action="store_true")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.jobs is None and (args.image is None or args.audio is None):
+    p.error("give --image and --audio (one job), or --jobs JOBS.csv (many)")
+  if args.jobs is not None and (args.image is not None or args.audio is not None):
+    p.error("--jobs takes the images and audio from its CSV; drop --image and --audio")
+  return args
 
 
-def animate(args: argparse.Namespace) -> dict:
-  """Runs the whole job; returns dict(out, motion, frames, size, seconds)."""
-  import numpy as np
-
-  from playmate_jax import animate as anim
-  from playmate_jax.audio import load_audio, num_frames
-  from playmate_jax.renderer.api import Renderer
-  from playmate_jax.timing import Stopwatch
-
-  watch = Stopwatch(START)
-
-  # Every input is checked before anything heavy runs, so that a mistake is reported at once.
-  out = args.out or os.path.splitext(args.audio)[0] + ".mp4"
-  cli.check_output_folder(out)
-  if args.batch_size < 1:
-    raise UserError(f"--batch-size {args.batch_size} must be at least 1.")
-  label = None if args.emotion is None else anim.emotion_label(args.emotion)
-  pose, driving_path = args.pose, None
-  if pose.startswith("video:"):
-    pose, driving_path = "video", pose[len("video:"):]
-    if not os.path.isfile(driving_path):
-      raise UserError(f"Driving video {driving_path} (from --pose) does not exist; check the path.")
-  elif pose not in ("generated", "fixed", "sweep"):
-    raise UserError(f"--pose {args.pose!r} is not a pose mode; use one of: {', '.join(anim.POSE_MODES)}.")
+def check_args(args: argparse.Namespace) -> None:
+  """The command's own settings, checked before any input is read."""
   if not os.path.exists(args.checkpoint):
     raise UserError(f"Checkpoint {args.checkpoint} does not exist; pass a training workdir or one of its "
                     "checkpoints/<step> folders.")
-  with watch("face"):  # no face (an animal, a landscape): one sentence before the model and renderer load
-    image, face = anim.find_portrait(args.image, crop=not args.no_crop, face=args.face, face_models=args.face_models)
+  if args.batch_size < 1:
+    raise UserError(f"--batch-size {args.batch_size} must be at least 1.")
 
-  # The motion model is restored, and its sampler traced and loaded, on a worker thread while this one loads the
-  # renderer, prepares the portrait and traces and loads the renderer's programs.
-  background = Stopwatch(START)
+
+def spec_of(args: argparse.Namespace):
+  from playmate_jax.animate.job import JobSpec
+  return JobSpec(image=args.image, audio=args.audio, out=args.out or os.path.splitext(args.audio)[0] + ".mp4",
+                 emotion=args.emotion, pose=args.pose, w_audio=args.w_audio, w_emotion=args.w_emotion,
+                 ddim_steps=args.ddim_steps, seed=args.seed, paste_back=args.paste_back, crop=not args.no_crop,
+                 face=args.face)
+
+
+def _start(args: argparse.Namespace, pool: concurrent.futures.ThreadPoolExecutor, watch, background, warm_up):
+  """The Animator, with the motion model restored (and its sampler warmed up for `warm_up`: None for no warm-up,
+  else whether an emotion is given) on the worker thread while this thread loads the renderer."""
+  from playmate_jax import animate as anim
+  from playmate_jax.animate.job import Animator
+  from playmate_jax.renderer.api import Renderer
 
   def load_model():
     with background("restore"):
       model = anim.MotionModel.load(args.checkpoint, args.ddim_steps)
-    if label is None or model.stage == 2:
+    if warm_up is not None:
       with background("sampler warm-up"):
-        model.warm_up(emotion=label is not None)
+        model.warm_up(emotion=warm_up)
     return model
 
-  with watch("audio"):  # an unreadable audio file: one sentence before the model's restore starts
-    wave = load_audio(args.audio)
+  model = pool.submit(load_model)
+  with watch("renderer"):
+    renderer = Renderer.from_spec(args.renderer, args.dtype)
+  return Animator(renderer, model, batch_size=args.batch_size, stitching=not args.no_stitching,
+                  face_models=args.face_models)
+
+
+def animate(args: argparse.Namespace) -> dict:
+  """Runs one job; returns dict(out, motion, frames, size, seconds, stages, background)."""
+  from playmate_jax.animate import job as job_lib
+  from playmate_jax.timing import Stopwatch
+
+  watch, background = Stopwatch(START), Stopwatch(START)
+  # Every input is checked before anything heavy runs, so that a mistake is reported at once: no face (an animal, a
+  # landscape) or unreadable audio is one sentence before the model's restore starts.
+  check_args(args)
+  job = job_lib.prepare(spec_of(args), args.face_models, watch=watch)
   pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="animate")
   failed = True
   try:
-    model_job = pool.submit(load_model)
-    with watch("renderer"):
-      renderer = Renderer.from_spec(args.renderer, args.dtype)
+    # The model restores (and its sampler warms up) on the worker while this thread loads the renderer, prepares
+    # the portrait and loads the renderer's programs.
+    animator = _start(args, pool, watch, background, warm_up=job.label is not None)
     with watch("portrait"):
-      portrait = anim.load_portrait(renderer, image, face)
+      portrait = animator.portrait(job)
     with watch("render warm-up"):
-      anim.warm_up_render(renderer, portrait, args.batch_size, not args.no_stitching)
+      animator.warm_up(portrait)
     with watch("model"):   # what is left of the restore and warm-up when the renderer is ready
-      model = model_job.result()
-    model.check_emotion(label)
+      model = animator.model
+    model.check_emotion(job.label)
     with watch("motion"):
-      motion = model.generate(wave, portrait.motion, seed=args.seed, w_audio=args.w_audio, emotion=label,
-                              w_emotion=args.w_emotion, progress=not args.no_progress)
-    assert len(motion["exp"]) == num_frames(len(wave))
-    motion_path = os.path.splitext(out)[0] + ".motion.npz"
-    cli.save_npz(motion_path, fps=np.int32(anim.FPS), **motion)
-    n = len(motion["exp"])
-    with watch("pose"):
-      if pose == "video":
-        frames = anim.compose(portrait.motion, motion, "driven", anim.video_pose(renderer, driving_path, n,
-                                                                               face_models=args.face_models))
-      elif pose == "sweep":
-        frames = anim.compose(portrait.motion, motion, "driven", anim.sweep_pose(n))
-      else:
-        frames = anim.compose(portrait.motion, motion, pose)
+      motion = animator.motion([job], [portrait], progress=not args.no_progress)[0]
     with watch("render"):
-      result = anim.render_video(renderer, portrait, frames, out, audio=wave, batch_size=args.batch_size,
-                                 stitching=not args.no_stitching, paste_back=args.paste_back,
-                                 progress=not args.no_progress)
+      result = animator.render(job, portrait, motion, progress=not args.no_progress)
     failed = False
   finally:
     # After an error, the restore on the worker finishes before the interpreter exits (cut off at exit, it
     # reported the checkpoint as unreadable).
     pool.shutdown(wait=failed, cancel_futures=True)
-  return dict(result, out=out, motion=motion_path, seconds=len(wave) / 16000, stages=watch, background=background)
+  return dict(result, stages=watch, background=background)
+
+
+REPORT_FIELDS = ("line", "image", "audio", "out", "state", "frames", "seconds", "error")
+
+
+def animate_jobs(args: argparse.Namespace) -> list[dict]:
+  """Runs every job of the --jobs CSV in this process (the models load once; jobs that share their sampling
+  settings generate their motion in one batch); writes JOBS.report.csv; returns the report's rows."""
+  from tqdm import tqdm
+
+  from playmate_jax.animate import job as job_lib
+  from playmate_jax.timing import Stopwatch
+
+  check_args(args)
+  specs = job_lib.read_jobs(args.jobs)
+  report = os.path.splitext(args.jobs)[0] + ".report.csv"
+  cli.check_output_folder(report)
+  rows = [dict(line=n + 2, image=getattr(s, "image", ""), audio=getattr(s, "audio", ""), out=getattr(s, "out", ""),
+               state="failed", frames=0, seconds="", error="") for n, s in enumerate(specs)]
+  jobs: list[tuple[int, object]] = []
+  bar = tqdm(total=len(specs), unit="job", desc="jobs", disable=args.no_progress)
+  for n, spec in enumerate(specs):   # every row's inputs read and checked first: bad rows are reported, not fatal
+    try:
+      if isinstance(spec, UserError):
+        raise spec
+      jobs.append((n, job_lib.prepare(spec, args.face_models, report=lambda m: None)))
+    except UserError as e:
+      rows[n]["error"] = str(e)
+      bar.update(1)
+  watch, background = Stopwatch(START), Stopwatch(START)
+  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="animate")
+  try:
+    if jobs:
+      animator = _start(args, pool, watch, background, warm_up=None)
+      for start in range(0, len(jobs), BATCH):
+        group = jobs[start:start + BATCH]
+        for i, result in animator.run([j for _, j in group]):
+          row = rows[group[i][0]]
+          if isinstance(result, Exception):
+            row["error"] = str(result)
+          else:
+            row.update(state="done", frames=result["frames"], seconds=f"{result['seconds']:.2f}")
+          bar.update(1)
+  finally:
+    bar.close()
+    pool.shutdown(wait=True, cancel_futures=True)
+    _write_report(report, rows)
+  return rows
+
+
+BATCH = 8   # jobs prepared, and their motion generated, together
+
+
+def _write_report(path: str, rows: list[dict]) -> None:
+  import csv
+  import io
+  text = io.StringIO()
+  writer = csv.DictWriter(text, REPORT_FIELDS)
+  writer.writeheader()
+  writer.writerows(rows)
+  cli.write_text(path, text.getvalue())
 
 
 def main(argv: list[str]) -> int:
@@ -165,7 +224,17 @@ def main(argv: list[str]) -> int:
     print(f"timeline (seconds since the command began): {r['stages'].timeline()}; worker: "
           f"{r['background'].timeline()}; done at {time.perf_counter() - START:.1f}")
 
-  return cli.run(run)
+  def run_jobs():
+    rows = animate_jobs(args)
+    for row in rows:
+      said = f"{row['out']}: {row['frames']} frames" if row["state"] == "done" else f"failed: {row['error']}"
+      print(f"line {row['line']}: {said}")
+    done = sum(r["state"] == "done" for r in rows)
+    print(f"{done} of {len(rows)} jobs done; report in {os.path.splitext(args.jobs)[0]}.report.csv")
+    if done < len(rows):
+      return 1
+
+  return cli.run(run_jobs if args.jobs else run)
 
 
 def console() -> None:

@@ -56,7 +56,7 @@ _OS_FIXES = {errno.ENOSPC: "the disk is full; free some space (or write elsewher
 
 
 def run(main: Callable[[], object], *, compile_cache: bool = True) -> int:
-  """Runs `main`; a UserError becomes `error: <sentence>` on stderr and exit status 2, and so does a full disk or a
+  """Runs `main` (its int result is the exit status, else 0); a UserError becomes `error: <sentence>` on stderr and exit status 2, and so does a full disk or a
   folder that cannot be written (the file named with the fix). Ctrl-C or SIGTERM ends with one line and status
   130 / 143; the jobs write their outputs through temporary files, so nothing half-written is left. With
   `compile_cache`, JAX's persistent compilation cache is on (`enable_compilation_cache`)."""
@@ -66,7 +66,7 @@ def run(main: Callable[[], object], *, compile_cache: bool = True) -> int:
   if previous in (signal.SIG_DFL, None):  # SIGTERM as Ctrl-C, so that cleanups run (a trainer installs its own)
     signal.signal(signal.SIGTERM, _terminated)
   try:
-    main()
+    code = main()
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -83,7 +83,7 @@ def run(main: Callable[[], object], *, compile_cache: bool = True) -> int:
   finally:
     if previous in (signal.SIG_DFL, None):
       signal.signal(signal.SIGTERM, signal.SIG_DFL)
-  return 0
+  return code if isinstance(code, int) else 0
 
 
 class _Terminated(KeyboardInterrupt):
@@ -124,6 +124,20 @@ def save_npz(path: str, **arrays) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **arrays)
+    publish(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  """A text file written through a temporary file beside `path`, renamed into place: never half-written."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(suffix=".txt", prefix=".tmp-", dir=folder)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
     publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -227,11 +227,20 @@ class VideoWriter:
   edge row/column (yuv420p needs even sizes). The output appears only when the writer closes without an error; a
   failed run leaves no partial file behind, and an ffmpeg that fails is an error naming the file (never a
   silently broken video).
+
+  `stream` (a path; with the audio in one pass, or no audio) makes the video playable while it is made: ffmpeg writes
+  a fragmented MP4 there as it encodes, a key frame and a fragment every `fragment_frames` frames, with x264's
+  zero-latency tuning so that frames leave the encoder as they arrive; a player (a browser's <video>) can read it as
+  it grows. At close, the fragments are copied (no re-encoding) into the ordinary mp4 at `path`. The stream file is
+  the caller's to remove.
   """
 
   def __init__(self, path: str | os.PathLike, fps: float = 25, audio: str | os.PathLike | np.ndarray | None = None,
-               audio_rate: int = AUDIO_RATE, crf: int = 18, preset: str = "veryfast", num_frames: int | None = None):
+               audio_rate: int = AUDIO_RATE, crf: int = 18, preset: str = "veryfast", num_frames: int | None = None,
+               stream: str | os.PathLike | None = None, fragment_frames: int = 80):
     self.path = os.fspath(path)
+    self.stream = None if stream is None else os.fspath(stream)
+    self.fragment_frames = int(fragment_frames)
     self.fps, self.audio, self.audio_rate, self.crf = float(fps), audio, int(audio_rate), int(crf)
     self.preset = preset  # x264's speed/size trade-off (its default is "medium", slower)
     self.expected_frames = None if num_frames is None else int(num_frames)
@@ -245,6 +254,8 @@ class VideoWriter:
       raise UserError(f"Output folder {directory} does not exist; create it or choose another --out path.")
     fd, self._video_tmp = tempfile.mkstemp(suffix=".mp4", prefix=".video-", dir=directory)
     os.close(fd)
+    if self.stream is not None and audio is not None and num_frames is None:
+      raise ValueError("VideoWriter(stream=...) with audio needs num_frames (the audio goes in with the frames).")
 
   @property
   def size(self) -> tuple[int, int] | None:
@@ -298,7 +309,13 @@ class VideoWriter:
     if self.one_pass:
       cmd += ["-i", self._audio_file(), "-map", "0:v:0", "-map", "1:a:0",
               *self._audio_params(self.expected_frames)]
-    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-preset", self.preset, self._video_tmp]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-preset", self.preset]
+    if self.stream is None:
+      cmd.append(self._video_tmp)
+    else:
+      f = str(self.fragment_frames)
+      cmd += ["-tune", "zerolatency", "-g", f, "-keyint_min", f, "-sc_threshold", "0", "-flush_packets", "1",
+              "-movflags", "frag_keyframe+empty_moov+default_base_moof", "-f", "mp4", self.stream]
     self._log = tempfile.TemporaryFile()
     with _spawning():
       self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
@@ -316,6 +333,8 @@ class VideoWriter:
       raise self._failed()
     self._proc = None
     try:
+      if self.stream is not None:
+        self._copy_stream()
       if self.audio is None or self.one_pass:
         cli.publish(self._video_tmp, self.path)
       else:
@@ -374,7 +393,8 @@ class VideoWriter:
 
   def _audio_params(self, num_frames: int) -> list[str]:
     """ffmpeg's output options for the audio track, cut to the length of `num_frames` frames."""
-    return ["-c:a", "aac", "-b:a", "192k", "-t", f"{num_frames / self.fps:.6f}", "-movflags", "+faststart"]
+    params = ["-c:a", "aac", "-b:a", "192k", "-t", f"{num_frames / self.fps:.6f}"]
+    return params if self.stream is not None else params + ["-movflags", "+faststart"]
 
   def _audio_error(self) -> UserError:
     source = "the waveform" if isinstance(self.audio, np.ndarray) else os.fspath(self.audio)
@@ -393,6 +413,16 @@ class VideoWriter:
       cli.publish(out_tmp, self.path)
     finally:
       self._remove(out_tmp)
+
+  def _copy_stream(self) -> None:
+    """The fragmented stream copied into the ordinary mp4 (moov first), as the temporary output."""
+    cmd = [_ffmpeg(), "-y", "-v", "error", "-i", self.stream, "-c", "copy", "-movflags", "+faststart", "-f", "mp4",
+           self._video_tmp]
+    with _spawning():
+      proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise RuntimeError(f"ffmpeg failed while writing {self.path} from its stream {self.stream}: "
+                         f"{proc.stderr.strip()[-1000:] or 'no message'}")
 
   @staticmethod
   def _remove(path: str) -> None:

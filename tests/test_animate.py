@@ -129,6 +129,57 @@ def test_bad_inputs_are_one_sentence(stage1_run, stage2_run, inputs, tmp_path):
   assert not os.path.exists(tmp_path / "x.mp4")
 
 
+def test_a_jobs_file_runs_every_good_row_and_reports_each(stage2_run, inputs, tmp_path):
+  """--jobs: one process, one report row per job; bad rows are reported and the rest still run."""
+  import csv
+  import shutil
+  shutil.copy(inputs / "portrait.png", tmp_path / "me.png")
+  (tmp_path / "out").mkdir()
+  rows = [
+      "image,audio,out,emotion,pose,seed",
+      f"me.png,{inputs / 'speech.wav'},out/a.mp4,happy,,",          # relative to the CSV's folder
+      f"{inputs / 'blank.png'},{inputs / 'speech.wav'},out/b.mp4,,,",   # no face
+      f"me.png,{inputs / 'speech.wav'},out/c.mp4,,nod,",                # not a pose mode
+      f"me.png,{inputs / 'speech.wav'},out/d.mp4,sad,fixed,",
+      f"me.png,{inputs / 'noise.wav'},out/e.mp4,,,x",                   # seed not a number
+  ]
+  jobs = tmp_path / "jobs.csv"
+  jobs.write_text("\n".join(rows) + "\n")
+  cli = load_cli()
+  code = cli.main(["--checkpoint", str(stage2_run), "--renderer", "random:tiny", "--jobs", str(jobs),
+                   "--no-progress", "--dtype", "float32"])
+  assert code == 1   # some jobs failed
+  with open(tmp_path / "jobs.report.csv") as f:
+    report = list(csv.DictReader(f))
+  assert [r["state"] for r in report] == ["done", "failed", "failed", "done", "failed"]
+  assert [r["line"] for r in report] == ["2", "3", "4", "5", "6"]
+  assert "No human face" in report[1]["error"] and "'nod'" in report[2]["error"]
+  assert "seed 'x' is not a number" in report[4]["error"]
+  for name in ("a", "d"):
+    info = video.probe(tmp_path / "out" / f"{name}.mp4")
+    assert info.num_frames == 48 and info.has_audio   # 1.9 s
+    assert os.path.isfile(tmp_path / "out" / f"{name}.motion.npz")
+  assert not any(os.path.exists(tmp_path / "out" / f"{n}.mp4") for n in "bce")
+
+
+def test_batched_motion_matches_the_shapes_and_padding_of_one_recording(stage2_run):
+  """generate_many pads shorter recordings and the batch; each recording keeps its own length, and a recording's
+  motion does not depend on what the other rows hold."""
+  model = anim.MotionModel.load(str(stage2_run))
+  rng = np.random.default_rng(0)
+  waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (16000, 27000, 9000)]
+  source = model.default_source()
+  many = model.generate_many(waves, [source] * 3, emotions=[1, 2, 3])
+  assert [len(m["exp"]) for m in many] == [25, 43, 15]
+  assert all(np.isfinite(m["exp"]).all() for m in many)
+  other = model.generate_many([waves[0], waves[1][::-1].copy(), waves[2]], [source] * 3, emotions=[1, 5, 3])
+  np.testing.assert_allclose(other[0]["exp"], many[0]["exp"], atol=1e-5)
+  np.testing.assert_allclose(other[2]["exp"], many[2]["exp"], atol=1e-5)
+  assert not np.allclose(other[1]["exp"], many[1]["exp"])
+  with pytest.raises(UserError, match="emotion guidance weight"):
+    model.generate_many(waves, [source] * 3, w_emotion=2.0)
+
+
 def test_no_crop_takes_the_image_as_the_face_crop(inputs):
   """--no-crop: no detection (a face-less image is accepted), the centred square resized to the crop size."""
   from playmate_jax.renderer.api import Renderer

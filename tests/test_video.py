@@ -1,6 +1,7 @@
 """Video IO through imageio-ffmpeg's ffmpeg: probe, frames, audio, writing with muxed audio, user errors."""
 
 import subprocess
+import time
 
 import imageio_ffmpeg
 import numpy as np
@@ -141,3 +142,26 @@ def test_failed_writing_leaves_no_file(tmp_path):
   assert list(tmp_path.iterdir()) == []
   with pytest.raises(UserError, match="does not exist"):
     video.VideoWriter(str(tmp_path / "no" / "such" / "dir.mp4"))
+
+
+def test_a_stream_grows_a_fragment_per_window_and_becomes_the_mp4(tmp_path):
+  """stream=: a fragmented MP4 that holds each finished window before the video is closed, then the ordinary mp4
+  with every frame and the sound."""
+  wave = (0.2 * np.sin(np.arange(16000 * 5) / 16000 * 2 * np.pi * 200)).astype(np.float32)
+  stream, out = tmp_path / "stream.mp4", tmp_path / "out.mp4"
+  grew = []
+  with video.VideoWriter(out, fps=25, audio=wave, num_frames=120, stream=stream, fragment_frames=40) as w:
+    for i in range(120):
+      w.write(np.full((64, 96, 3), 2 * i, np.uint8))
+      if i in (39, 41, 81):
+        deadline = time.monotonic() + 10
+        while i > 40 and stream.read_bytes().count(b"moof") < (i - 1) // 40 and time.monotonic() < deadline:
+          time.sleep(0.02)
+        grew.append(stream.read_bytes().count(b"moof"))
+    assert not out.exists()
+  assert grew == [0, 1, 2]          # a window's fragment is written once the next window has begun
+  data = stream.read_bytes()
+  assert data[4:8] == b"ftyp" and data.count(b"moof") == 3
+  info = video.probe(out)
+  assert info.num_frames == 120 and info.has_audio and (info.width, info.height) == (96, 64)
+  assert video.count_frames(stream) == 120

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -42,6 +42,7 @@ from playmate_jax.motion import EMOTIONS, MOTION_KEYS
 
 FPS = 25
 POSE_MODES = ("generated", "fixed", "sweep", "video:FILE")
+BATCH_SIZES = (2, 4, 8)   # recordings per batched motion call (`MotionModel.generate_many`): the compiled shapes
 SWEEP = dict(yaw=(20.0, 4.0), pitch=(6.0, 6.0), roll=(3.0, 9.0))  # preset sweep: (amplitude deg, period s)
 
 
@@ -65,6 +66,7 @@ class MotionModel:
   """A trained model (EMA weights) restored once: audio -> motion for a source identity, any length."""
 
   def __init__(self, run, ddim_steps: int | None = None):
+    self.run = run
     self.params, self.config, self.stats = run.params, run.config, run.stats
     self.workdir = run.workdir
     if ddim_steps is not None:
@@ -74,6 +76,10 @@ class MotionModel:
       configlib.validate(self.config)   # a restored run's config: no device count
     self.encoder = audio.get_encoder(self.config.audio)
     self.sampler = window_sampler(self.config, self.encoder.feature_dim)
+
+  def with_ddim_steps(self, ddim_steps: int) -> "MotionModel":
+    """The same weights sampling with another number of DDIM steps (a sampler, and programs, of its own)."""
+    return MotionModel(self.run, ddim_steps)
 
   @classmethod
   def load(cls, checkpoint: str, ddim_steps: int | None = None) -> "MotionModel":
@@ -110,20 +116,51 @@ class MotionModel:
                progress: bool = False) -> dict[str, np.ndarray]:
     """Motion fields [T, ...] (T = 25 fps frames of the 16 kHz waveform) for one source frame of motion (keys
     MOTION_KEYS, one frame). `emotion` (a label) needs a stage-2 model and guides by three-way CFG."""
-    self.check_emotion(emotion)
-    if w_emotion is not None and emotion is None:
+    return self.generate_many([waveform], [source], seed=seed, w_audio=w_audio,
+                              emotions=None if emotion is None else [emotion], w_emotion=w_emotion,
+                              progress=progress)[0]
+
+  def generate_many(self, waveforms: Sequence[np.ndarray], sources: Sequence[Mapping[str, Any]], *, seed: int = 0,
+                    w_audio: float | None = None, emotions: Sequence[int] | None = None,
+                    w_emotion: float | None = None, progress: bool = False) -> list[dict[str, np.ndarray]]:
+    """`generate` for several recordings at once, sampled as one batch on the device (the DiT's small matmuls
+    then do several recordings' work for about the price of one). Shorter recordings are padded with silence
+    past their end, which their own frames never see (windows only look back); the batch is padded to a size in
+    BATCH_SIZES with copies of the first row, so a few compiled shapes serve any number of jobs. One key for the
+    batch: a recording's noise depends on its row, so the same seed alone and in a batch gives different motion."""
+    if emotions is not None:
+      for label in emotions:
+        self.check_emotion(label)
+    elif w_emotion is not None:
       raise UserError("An emotion guidance weight has no effect without an emotion; name one or drop the weight.")
-    features = self.stats.normalize_audio(self.encoder.encode(np.asarray(waveform, np.float32)))
-    source = one_frame(source)
-    source_vec = stats_lib.motion_vector({k: v[None] for k, v in source.items()})[0]
-    mstats = self.stats.source_motion_stats(source_vec[motion_lib.EXP_DIM:])
-    identity = stats_lib.identity_vector(np.asarray(_normalized(source_vec, mstats)), source["kp"])
-    out = generator.sample_sequence(self.sampler, self.params, features, identity, jax.random.key(seed),
-                                    self.config, w_audio=w_audio, emotion=emotion, w_emotion=w_emotion,
-                                    progress=progress)
-    fields = _per_frame(lambda v: _fields(v, mstats), out)
-    fields["kp"] = np.broadcast_to(source["kp"], (len(out), 21, 3)).astype(np.float32)
-    return fields
+    n = len(waveforms)
+    feats = [self.stats.normalize_audio(self.encoder.encode(np.asarray(w, np.float32))) for w in waveforms]
+    srcs = [one_frame(s) for s in sources]
+    mstats, idents = [], []
+    for src in srcs:
+      vec = stats_lib.motion_vector({k: v[None] for k, v in src.items()})[0]
+      mstats.append(self.stats.source_motion_stats(vec[motion_lib.EXP_DIM:]))
+      idents.append(stats_lib.identity_vector(np.asarray(_normalized(vec, mstats[-1])), src["kp"]))
+    lengths = [len(f) for f in feats]
+    if n == 1:
+      audio, ident, labels = feats[0], idents[0], None if emotions is None else int(emotions[0])
+    else:
+      b = next((size for size in BATCH_SIZES if size >= n), n)
+      audio = np.zeros((b, max(lengths), feats[0].shape[-1]), np.float32)
+      for i, f in enumerate(feats):
+        audio[i, :len(f)] = f
+      audio[n:] = audio[0]
+      ident = np.stack(idents + [idents[0]] * (b - n))
+      labels = None if emotions is None else np.array(list(emotions) + [emotions[0]] * (b - n), np.int32)
+    out = generator.sample_sequence(self.sampler, self.params, audio, ident, jax.random.key(seed), self.config,
+                                    w_audio=w_audio, emotion=labels, w_emotion=w_emotion, progress=progress)
+    out = out[None] if n == 1 else out
+    results = []
+    for i in range(n):
+      fields = _per_frame(lambda v, st=mstats[i]: _fields(v, st), out[i, :lengths[i]])
+      fields["kp"] = np.broadcast_to(srcs[i]["kp"], (lengths[i], 21, 3)).astype(np.float32)
+      results.append(fields)
+    return results
 
 
 # --- the portrait ----------------------------------------------------------------------------------------------------
@@ -305,9 +342,13 @@ def _to_uint8(images):
 
 def render_video(renderer, portrait: Portrait, frames: Mapping[str, np.ndarray], out: str, *,
                  audio: str | np.ndarray | None, batch_size: int = 16, stitching: bool = True,
-                 paste_back: bool = False, progress: bool = True) -> dict:
+                 paste_back: bool = False, progress: bool = True, stream: str | None = None,
+                 on_frames: Callable[[int], None] | None = None, fragment_frames: int = 80) -> dict:
   """Renders composed motion (`compose`) of the portrait into an H.264 mp4 at 25 fps with the audio muxed in
-  (a file or a 16 kHz waveform) as the frames are encoded; returns dict(frames, size (h, w))."""
+  (a file or a 16 kHz waveform) as the frames are encoded; returns dict(frames, size (h, w)). `stream`: also a
+  fragmented MP4 there, a fragment every `fragment_frames` (the model's window), playable while it grows
+  (`video.VideoWriter`).
+  `on_frames(n)` hears of each batch of n frames written; an exception it raises stops the video, unwritten."""
   n = len(frames["exp"])
 
   def batches():
@@ -317,13 +358,16 @@ def render_video(renderer, portrait: Portrait, frames: Mapping[str, np.ndarray],
       yield renderer.keypoints(dict(part, kp=portrait.motion["kp"])), min(batch_size, n - start)
 
   paster = crop_lib.PasteBack(portrait.image, portrait.crop, renderer.render_size) if paste_back else None
-  with video.VideoWriter(out, fps=FPS, audio=audio, num_frames=n) as writer, \
+  with video.VideoWriter(out, fps=FPS, audio=audio, num_frames=n, stream=stream,
+                         fragment_frames=fragment_frames) as writer, \
        tqdm(total=n, unit="frame", desc="render", disable=not progress) as bar:
 
     def write(images):
       for image in images:
         writer.write(paster(image) if paster is not None else image)
       bar.update(len(images))
+      if on_frames is not None:
+        on_frames(len(images))
 
     render_stream(renderer, portrait.feature, portrait.keypoints, batches(), write, stitching=stitching)
   return {"frames": writer.num_frames, "size": writer.size}
