@@ -9,7 +9,9 @@
       --config.audio.weights=DIR.
 
 Conversion is strict: every source tensor is used exactly once and every shape is checked, so a checkpoint of
-another model or size fails with one sentence naming the file and the tensor.
+another model or size fails with one sentence naming the file and the tensor. --dst is checked before the work (a
+new or empty folder, or an earlier conversion, which is replaced) and written whole: interrupted, it is left as it
+was.
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """What every weight converter shares: strict consumption of a source state dict, layout changes from
-PyTorch to channels-last and folding of eval-time normalizations (the converted-weights folder format and the
-parameter store are `playmate_jax.shapes`).
+PyTorch to channels-last, folding of eval-time normalizations, and the output folder (checked before the work,
+published whole after it; the converted-weights folder format and the parameter store are `playmate_jax.shapes`).
 
 A converter walks the target model and `take`s each source tensor it needs from a `SourceDict`; at the end
 `finish()` fails if any source key was never used, so a converter cannot silently drop weights, and `take`
@@ -8,12 +8,71 @@ fails on a missing key or a wrong shape. Every failure is one `UserError` senten
 """
 
 import os
+import shutil
+import tempfile
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from playmate_jax import cli, shapes
 from playmate_jax.errors import UserError
 
+# --- the output folder ---------------------------------------------------------------------------------------
+
+# What a converted-weights folder holds (with the temporary file an interrupted conversion of older versions left).
+CONVERTED_FILES = (shapes.PARAMS_FILE, shapes.MANIFEST_FILE, shapes.PARAMS_FILE + ".tmp.npz")
+
+
+def check_destination(dst: str | os.PathLike) -> None:
+  """One sentence, before any work, when `dst` cannot become a converted-weights folder: it is a file, it holds
+  files of its own (an earlier conversion, params.npz and manifest.json alone, is replaced), or the folder it goes
+  in cannot be written. Missing parent folders are fine (they are made)."""
+  dst = os.path.abspath(os.fspath(dst))
+  if os.path.exists(dst) and not os.path.isdir(dst):
+    raise UserError(f"--dst {dst} is a file, not a folder; choose a new folder for the converted weights.")
+  if os.path.isdir(dst):
+    other = sorted(set(os.listdir(dst)) - set(CONVERTED_FILES))
+    if other:
+      raise UserError(f"--dst {dst} already holds other files ({other[0]}{', ...' if len(other) > 1 else ''}); "
+                      "choose a new or empty folder (only an earlier conversion there is replaced).")
+  parent = os.path.dirname(dst)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"--dst {dst} lies under {parent}, which is a file; choose a folder path for the converted "
+                    "weights.")
+  cli.check_output_folder(os.path.join(parent, "probe"), "--dst")
+
+
+def publish(dst: str | os.PathLike, kind: str, config: Mapping[str, Any], params: Mapping[str, Any],
+            source: str) -> None:
+  """shapes.save_converted into a temporary folder beside `dst`, moved into place once complete, so that `dst`
+  is never half-written: an interruption (Ctrl-C, a full disk) leaves it as it was, an earlier conversion there
+  intact."""
+  dst = os.path.abspath(os.fspath(dst))
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}-", dir=os.path.dirname(dst))
+  old = tmp + ".old"
+  try:
+    shapes.save_converted(tmp, kind, config, params, source)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: the mode any new folder gets
+    try:
+      if os.path.isdir(dst):
+        os.rename(dst, old)
+      os.rename(tmp, dst)
+    except BaseException:
+      if os.path.isdir(old) and not os.path.exists(dst):
+        os.rename(old, dst)  # the earlier conversion back in place
+      raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+  umask = os.umask(0)
+  os.umask(umask)
+  return umask
 
 
 class SourceDict:
@@ -23,7 +82,14 @@ class SourceDict:
     self.file = os.fspath(file)
     self._tensors: dict[str, np.ndarray] = {}
     prefixes = tuple(strip_prefixes)
+    if not isinstance(tensors, Mapping):
+      raise UserError(f"{self.file} holds a value of type {type(tensors).__name__}, not a state dict (tensors by "
+                      "name); it is not a weights file of this model: check the path.")
     for key, value in tensors.items():
+      if not isinstance(value, (np.ndarray, np.generic)):
+        raise UserError(f"{self.file} holds a value of type {type(value).__name__} at {key!r} where a state dict "
+                        "holds a tensor; it is not a weights file of this network: check that each file is in its "
+                        "place.")
       for prefix in prefixes:
         if key.startswith(prefix):
           key = key[len(prefix):]

@@ -40,8 +40,12 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-  """torch._utils._rebuild_tensor_v2: a strided view of `storage` (a 1-D numpy array)."""
-  size, stride = tuple(size), tuple(stride)
+  """torch._utils._rebuild_tensor_v2: a strided view of `storage` (a 1-D numpy array); ValueError when the view
+  would reach outside the storage (a damaged file: as_strided would read whatever memory lies beyond)."""
+  size, stride = tuple(int(n) for n in size), tuple(int(n) for n in stride)
+  last = int(offset) + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else int(offset) - 1
+  if int(offset) < 0 or min(stride, default=0) < 0 or len(size) != len(stride) or last >= len(storage):
+    raise ValueError(f"a tensor of shape {size} reaches past its storage of {len(storage)} elements")
   if not size:
     return np.array(storage[offset])  # a 0-d array (e.g. BatchNorm's num_batches_tracked)
   itemsize = storage.dtype.itemsize
@@ -112,8 +116,16 @@ def load_torch_file(path: str | os.PathLike) -> Any:
       prefix = pickles[0][: -len("/data.pkl")] if "/" in pickles[0] else ""
       with archive.open(pickles[0]) as f:
         return _Unpickler(f, archive, prefix, path).load()
-  except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, OSError, ValueError) as e:
-    raise UserError(f"{path} could not be read ({e}); re-download the file.") from None
+  except UserError:
+    raise
+  except Exception as e:  # a damaged or foreign archive: zipfile, zlib, pickle and the rebuild raise many types
+    raise UserError(f"{path} could not be read ({_reason(e)}); re-download the file.") from None
+
+
+def _reason(e: Exception) -> str:
+  """The exception as a short clause for a one-sentence message: its type and first line, no final period."""
+  text = str(e).strip().splitlines()[0][:160].rstrip(".") if str(e).strip() else ""
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
@@ -122,7 +134,7 @@ _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.b
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Every tensor of a .safetensors file, as numpy arrays."""
+  """Every tensor of a .safetensors file, as numpy arrays; UserError naming the file when it is damaged."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise UserError(f"{path} does not exist; check the path (or --src folder) you gave.")
@@ -131,6 +143,8 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     (header_len,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + header_len])
+    if not isinstance(header, dict):
+      raise ValueError("the header is not a JSON object")
   except (struct.error, ValueError, UnicodeDecodeError):
     raise UserError(f"{path} is not a safetensors file (its header cannot be read); re-download it.") from None
   body = memoryview(data)[8 + header_len:]
@@ -138,13 +152,19 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   for name, info in header.items():
     if name == "__metadata__":
       continue
-    if info["dtype"] not in _SAFETENSORS_DTYPES:
-      raise UserError(f"{path}: tensor {name} has dtype {info['dtype']}, which this converter does not read.")
-    start, end = info["data_offsets"]
+    try:
+      dtype, shape, (start, end) = info["dtype"], [int(n) for n in info["shape"]], info["data_offsets"]
+    except (TypeError, KeyError, ValueError):
+      raise UserError(f"{path}: the header's entry for tensor {name} is malformed; re-download the file.") from None
+    if dtype not in _SAFETENSORS_DTYPES:
+      raise UserError(f"{path}: tensor {name} has dtype {dtype}, which this converter does not read.")
     if end > len(body):
       raise UserError(f"{path} is truncated (tensor {name} runs past the end of the file); re-download it.")
-    dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-    out[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"]).copy()
+    try:
+      out[name] = np.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[dtype]).reshape(shape).copy()
+    except (ValueError, TypeError):
+      raise UserError(f"{path}: tensor {name}'s bytes do not fit its shape {shape} and dtype {dtype} in the "
+                      "header; re-download the file.") from None
   return out
 
 

@@ -17,6 +17,7 @@ sentence naming the file and the tensor.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping
@@ -173,18 +174,52 @@ def convert_state_dict(tensors: Mapping[str, np.ndarray], cfg: w2v.Wav2Vec2Confi
   return {"feature_extractor": {"conv_layers": conv_layers}, "feature_projection": projection, "encoder": encoder}
 
 
-def convert_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-  """Converts the HF model folder `src` into the converted-weights folder `dst` (kind "wav2vec2")."""
-  hf_config, tensors, file, do_normalize = read_hf_folder(src)
+def model_config(hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], path: str) -> w2v.Wav2Vec2Config:
+  """The architecture from config.json (`path`); a value of the wrong type is one sentence naming the file."""
   if "feat_proj_layer_norm" not in hf_config:  # HuBERT configs older than the option: the weights say
     hf_config = dict(hf_config, feat_proj_layer_norm=any(
         k.endswith("feature_projection.layer_norm.weight") for k in tensors))
-  cfg = w2v.Wav2Vec2Config.from_dict(hf_config, os.path.join(os.fspath(src), "config.json"))
+  for f in dataclasses.fields(w2v.Wav2Vec2Config):
+    value = hf_config.get(f.name)
+    if value is not None and not _fits(value, f.default):
+      raise UserError(f"{path} gives {f.name} = {json.dumps(value)[:40]}, not {_KINDS[type(f.default)]}; download "
+                      "the model's config.json again.")
+  try:
+    return w2v.Wav2Vec2Config.from_dict(hf_config, path)
+  except (TypeError, ValueError, ZeroDivisionError) as e:  # sizes that fit no model (a zero, a negative number)
+    raise UserError(f"{path} gives sizes that fit no model ({type(e).__name__}); download the model's config.json "
+                    "again.") from None
+
+
+_KINDS = {bool: "true or false", int: "a positive whole number", float: "a positive number", str: "a string",
+          tuple: "a list of positive whole numbers"}
+
+
+def _fits(value: Any, default: Any) -> bool:
+  """Whether a config.json value has the kind of the field's default (every size and count positive)."""
+  positive_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, int):
+    return positive_int(value)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+  if isinstance(default, tuple):
+    return isinstance(value, list) and bool(value) and all(positive_int(v) for v in value)
+  return isinstance(value, type(default))
+
+
+def convert_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+  """Converts the HF model folder `src` into the converted-weights folder `dst` (kind "wav2vec2"; checked first,
+  written whole: common.publish)."""
+  common.check_destination(dst)
+  hf_config, tensors, file, do_normalize = read_hf_folder(src)
+  cfg = model_config(hf_config, tensors, os.path.join(os.fspath(src), "config.json"))
   params = convert_state_dict(tensors, cfg, file)
   shapes.check_covers(w2v.expected_params(cfg), params, file)
   record = {"model": cfg.to_dict(), "do_normalize": do_normalize}
   record["digest"] = w2v.params_digest(record, params)
-  shapes.save_converted(dst, w2v.KIND, record, params, os.fspath(src))
+  common.publish(dst, w2v.KIND, record, params, os.fspath(src))
 
 
 def load_encoder(path: str | os.PathLike, **settings) -> Wav2Vec2Encoder:

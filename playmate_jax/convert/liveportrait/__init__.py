@@ -69,27 +69,40 @@ def convert_state_dicts(base: Mapping[str, Mapping], retargeting: Mapping[str, M
   return params
 
 
+def _missing(path: str, src: str) -> UserError:
+  """The sentence for a released file missing from `src`, pointing to its liveportrait/ subfolder if it has one."""
+  hint = ""
+  if os.path.isdir(os.path.join(src, KIND, "base_models")):
+    hint = f" (here: --src {os.path.join(src, KIND)})"
+  return UserError(f"{path} is missing; --src must be LivePortrait's released `liveportrait` folder{hint} "
+                   "holding base_models/ and retargeting_models/.")
+
+
 def load_state_dicts(src: str) -> tuple[dict[str, Mapping], Mapping]:
-  base = {}
-  for name, (file, _) in BASE_FILES.items():
-    path = os.path.join(src, file)
+  """The released files' state dicts: (component -> state dict, the retargeting file's dict of three)."""
+  if not os.path.isdir(src):
+    state = "is a file, not a folder" if os.path.exists(src) else "is missing"
+    raise UserError(f"--src {src} {state}; pass LivePortrait's released `liveportrait` folder (holding "
+                    "base_models/ and retargeting_models/).")
+  paths = [os.path.join(src, file) for file, _ in BASE_FILES.values()] + [os.path.join(src, RETARGETING_FILE)]
+  for path in paths:  # every file there before the first (slow) read
     if not os.path.isfile(path):
-      raise UserError(f"{path} is missing; --src must be LivePortrait's released `liveportrait` folder "
-                      "holding base_models/ and retargeting_models/.")
-    base[name] = load_torch_file(path)
-  path = os.path.join(src, RETARGETING_FILE)
-  if not os.path.isfile(path):
-    raise UserError(f"{path} is missing; --src must be LivePortrait's released `liveportrait` folder "
-                    "holding base_models/ and retargeting_models/.")
-  return base, load_torch_file(path)
+      raise _missing(path, src)
+  base = {name: load_torch_file(path) for name, path in zip(BASE_FILES, paths)}
+  return base, load_torch_file(paths[-1])
 
 
 def convert_dir(src: str | os.PathLike, dst: str | os.PathLike, models_yaml: str | None = None) -> dict[str, Any]:
-  """Convert the released folder `src` into `dst`; returns the converted params."""
+  """Convert the released folder `src` into `dst` (checked first, written whole: common.publish); returns the
+  converted params."""
   src, dst = os.fspath(src), os.fspath(dst)
+  common.check_destination(dst)
   model_params = model_params_for(src, models_yaml)
   base, retargeting = load_state_dicts(src)
+  if not isinstance(retargeting, Mapping):
+    raise UserError(f"{os.path.join(src, RETARGETING_FILE)} holds a value of type {type(retargeting).__name__}, not "
+                    f"the dict of {', '.join(RETARGETING_PARTS.values())}; re-download it.")
   params = convert_state_dicts(base, retargeting, model_params, src)
   shapes.check_covers(abstract_params(model_params), params, f"LivePortrait weights in {src}")
-  shapes.save_converted(dst, KIND, model_params, params, src)
+  common.publish(dst, KIND, model_params, params, src)
   return params
