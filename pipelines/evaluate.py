@@ -1,7 +1,7 @@
 """Evaluate a trained stage-1 or stage-2 model (EMA weights) in motion space on a held-out split of its dataset.
 
   python pipelines/evaluate.py --checkpoint WORKDIR|WORKDIR/checkpoints/STEP [--split test] [--num-clips N]
-                               [--max-frames F] [--batch-size B] [--seed 0] [--out DIR] [--config.KEY=VALUE ...]
+                               [--max-frames F] [--batch-size B] [--seed S] [--out DIR] [--config.KEY=VALUE ...]
 
 Each held-out clip (the first N of the split, cut to its first F frames) is generated from its audio and its source
 (frame 0, its expression as config.data.source_expression says) and compared with the truth: mouth-opening
@@ -9,6 +9,10 @@ correlation, keypoint distance, head-pose spread and distance, jitter, and the m
 dropped. A stage-2 model is also sampled with each clip's emotion, with every emotion, and with the emotion dropped,
 at w_e = config.sample.w_emotion; a softmax-regression emotion classifier trained on the labelled training clips
 (ground truth) tells which emotion each sample shows, and the head pose is summarised per requested emotion.
+
+The clips are sampled and scored by the function training's evaluation uses (playmate_jax/train/evaluate.py,
+evaluate_model): with the defaults (config.eval's clips and frames, the run's config.seed, 16 clips at a time) the
+motion metrics are those of the workdir's eval_metrics.jsonl at the checkpoint's step.
 
 Writes DIR/metrics.json (default DIR: WORKDIR/evaluation/<split>), DIR/curves.png (mouth and head rotation over
 time) and, for stage 2, DIR/emotion.png (confusion matrices, pose per emotion). --config.KEY=VALUE overrides the
@@ -18,7 +22,6 @@ checkpoint's config (e.g. --config.sample.ddim_steps=10 or --config.sample.w_emo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -46,52 +49,65 @@ def train_classifier(config, stats):
 
 
 def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips: int | None = None,
-                        max_frames: int | None = None, batch_size: int = 16, seed: int = 0, out: str | None = None,
-                        overrides: dict[str, str] | None = None, progress: bool = True) -> dict:
-  """Evaluates the checkpoint, writes metrics.json and the plots into `out`; returns the metrics."""
-  import jax
-  from playmate_jax import configlib, generator
+                        max_frames: int | None = None, batch_size: int | None = None, seed: int | None = None,
+                        out: str | None = None, overrides: dict[str, str] | None = None,
+                        progress: bool = True) -> dict:
+  """Evaluates the checkpoint, writes metrics.json and the plots into `out`; returns the metrics.
+
+  The clips are sampled by eval_lib.evaluate_model, as training's evaluation samples them: with the defaults
+  (config.eval's clips and frames, config.seed, eval_lib.BATCH_SIZE clips at a time) the motion metrics are those
+  that training logged at the checkpoint's step."""
   from playmate_jax import run as run_lib
   from playmate_jax.data import loader
   from playmate_jax.train import evaluate as eval_lib
   from playmate_jax.generator.factory import window_sampler
 
+  batch_size = eval_lib.BATCH_SIZE if batch_size is None else batch_size
   if batch_size < 1:
     raise UserError(f"--batch-size {batch_size} must be at least 1.")
   run = run_lib.restore_run(checkpoint)
-  config = configlib.apply_overrides(run.config.copy_and_resolve_references(), overrides or {})
+  config = _config(run, overrides or {})
+  split, clips = _clips(config, run, split, num_clips, max_frames)
+  stage2 = int(config.stage) == 2
+  classifier = references = None
+  if stage2:
+    stats = loader.dataset_stats(config)
+    classifier = train_classifier(config, stats)
+    references = {c["speaker_id"]: stats.reference_expression(c["speaker_id"]) for c in clips}
+  sampler = window_sampler(config, clips[0]["audio"].shape[-1])
+  metrics, curves = eval_lib.evaluate_model(sampler, run.params, config, clips, seed=seed, batch_size=batch_size,
+                                            classifier=classifier, references=references, progress=progress)
+  metrics["num_clips"] = len(clips)
+  metrics["run"] = {"checkpoint": os.path.abspath(checkpoint), "workdir": run.workdir, "step": run.step,
+                    "stage": int(config.stage), "split": split, "max_frames": max(c["num_frames"] for c in clips),
+                    "w_audio": float(config.sample.w_audio), "seed": int(config.seed if seed is None else seed),
+                    "w_emotion": float(config.sample.w_emotion) if stage2 else None}
+  out = out or os.path.join(run.workdir, "evaluation", split)
+  os.makedirs(out, exist_ok=True)
+  eval_lib.plot(curves, os.path.join(out, "curves.png"), run.step)
+  if stage2:
+    eval_lib.plot_emotion(metrics, os.path.join(out, "emotion.png"))
+  eval_lib.save_json(metrics, os.path.join(out, "metrics.json"))   # last: it is there once everything is
+  return metrics
+
+
+def _config(run, overrides: dict[str, str]):
+  """The checkpoint's config with the overrides, validated."""
+  from playmate_jax import configlib
+  config = configlib.apply_overrides(run.config.copy_and_resolve_references(), overrides)
   config.lock()
   configlib.validate(config)   # the overridden values too; a restored run's config: no device count
+  return config
+
+
+def _clips(config, run, split: str | None, num_clips: int | None, max_frames: int | None) -> tuple[str, list[dict]]:
+  """(split, its first num_clips clips cut to max_frames)."""
+  from playmate_jax.data import loader
   split = split or config.data.eval_split
   clips = loader.load_eval_clips(config, split, num_clips, max_frames)
   if not clips:
     raise UserError(f"Split {split!r} of the dataset of {run.workdir} holds no clips; pass another --split.")
-  stage2 = int(config.stage) == 2
-  stats = loader.dataset_stats(config)
-  classifier = train_classifier(config, stats) if stage2 else None
-  references = {c["speaker_id"]: stats.reference_expression(c["speaker_id"]) for c in clips}
-
-  sampler = window_sampler(config, clips[0]["audio"].shape[-1])
-
-  def sample(audio, identity, key, w_audio, emotion):
-    return generator.sample_sequence(sampler, run.params, audio, identity, key, config, w_audio=w_audio,
-                                     emotion=emotion)
-
-  metrics, curves = eval_lib.evaluate_clips(sample, clips, jax.random.key(seed), w_audio=config.sample.w_audio,
-                                            classifier=classifier, references=references,
-                                            batch_size=min(batch_size, len(clips)), progress=progress)
-  metrics["run"] = {"checkpoint": os.path.abspath(checkpoint), "workdir": run.workdir, "step": run.step,
-                    "stage": int(config.stage), "split": split, "max_frames": max(c["num_frames"] for c in clips),
-                    "w_audio": float(config.sample.w_audio), "seed": seed,
-                    "w_emotion": float(config.sample.w_emotion) if stage2 else None}
-  out = out or os.path.join(run.workdir, "evaluation", split)
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "metrics.json"), "w") as f:
-    json.dump(metrics, f, indent=1)
-  eval_lib.plot(curves, os.path.join(out, "curves.png"), run.step)
-  if stage2:
-    eval_lib.plot_emotion(metrics, os.path.join(out, "emotion.png"))
-  return metrics
+  return split, clips
 
 
 def summary(metrics: dict) -> str:
@@ -110,8 +126,10 @@ def main(argv: list[str]) -> int:
                       help="clips evaluated, the split's first (default: config.eval.num_clips)")
   parser.add_argument("--max-frames", "--max_frames", type=int, default=None,
                       help="frames per clip, from its start (default: config.eval.max_frames)")
-  parser.add_argument("--batch-size", "--batch_size", type=int, default=16, help="sequences sampled at once")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--batch-size", "--batch_size", type=int, default=None,
+                      help="clips sampled at once (default: 16, as training's evaluation; it decides their noise)")
+  parser.add_argument("--seed", type=int, default=None,
+                      help="seed of the noise (default: the run's config.seed, as training's evaluation)")
   parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/evaluation/SPLIT)")
   args, rest = parser.parse_known_args(argv)
   cli.setup_logging()

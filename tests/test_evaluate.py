@@ -2,7 +2,7 @@
 
 The metrics are checked where their answer is known (the ground truth against itself, a known shift, an oracle
 sampler that returns the truth with a chosen demo emotion); the CLI runs on the tiny stage-1 and stage-2 runs of
-tests/conftest.py.
+tests/conftest.py, where it must give the numbers that training's evaluation logged.
 """
 
 from __future__ import annotations
@@ -126,10 +126,12 @@ def test_evaluate_clips_scores_an_oracle(config, stats, classifier):
   clips = [c for c in loader.load_eval_clips(config, "test", 24, 60) if c["emotion"] >= 0][:10]
   references = {c["speaker_id"]: stats.reference_expression(c["speaker_id"]) for c in clips}
   metrics, curves = eval_lib.evaluate_clips(oracle_sampler(clips), clips, jax.random.key(0), w_audio=1.5,
-                                            classifier=classifier, references=references, batch_size=4)
-  assert metrics["num_clips"] == metrics["num_labelled_clips"] == 10 and len(curves) == 10
+                                            emotion=True, classifier=classifier, references=references, batch_size=4)
+  assert metrics["num_labelled_clips"] == 10 and len(curves) == 10
   assert metrics["mouth_corr"] == pytest.approx(1.0, abs=1e-4) and metrics["kp_dist"] < 1e-5
-  assert metrics["pose_dist"] < 1e-4 and abs(metrics["mouth_corr_no_audio"]) < 1e-3
+  assert metrics["pose_dist"] < 1e-4 and abs(metrics["mouth_corr_no_audio"]) < 1e-3 and metrics["exp_l1"] < 1e-5
+  # The null samples carry neutral's offset: wrong expression (but for the neutral clips), the same mouth.
+  assert metrics["exp_l1_no_emotion"] > 1e-4 and metrics["mouth_corr_null"] == pytest.approx(1.0, abs=1e-4)
   assert metrics["emotion_acc"] == metrics["emotion_acc_sweep"] == metrics["classifier_acc_true"] == 1.0
   neutral = np.mean([c["emotion"] == NEUTRAL for c in clips])
   assert metrics["emotion_acc_null"] == pytest.approx(neutral)   # null = neutral offset: right only for neutral clips
@@ -139,35 +141,65 @@ def test_evaluate_clips_scores_an_oracle(config, stats, classifier):
   confusion = np.asarray(metrics["emotion_confusion"]["sweep"])
   np.testing.assert_array_equal(confusion, np.eye(8) * 10)
 
-  # With the stage-1 signature (no classifier) only the motion metrics are computed.
+  # A stage-1 model (emotion False, no classifier) gets the motion metrics only.
   metrics, _ = eval_lib.evaluate_clips(oracle_sampler(clips, null_is_neutral=False), clips, jax.random.key(0),
                                        w_audio=1.5, batch_size=3)
-  assert "emotion_acc" not in metrics and metrics["kp_dist"] < 1e-5
+  assert set(metrics) == MOTION_KEYS and metrics["kp_dist"] < 1e-5
+  with pytest.raises(ValueError, match="stage-2"):
+    eval_lib.evaluate_clips(oracle_sampler(clips), clips, jax.random.key(0), w_audio=1.5, classifier=classifier,
+                            references=references)
 
 
-# ---------------------------------------------------------------- the CLI on tiny runs
+# ---------------------------------------------------------------- the CLI on tiny runs: training's numbers
 
 MOTION_KEYS = {"mouth_corr", "mouth_corr_no_audio", "kp_dist", "pose_std", "pose_std_true", "pose_dist", "jitter",
-               "jitter_true", "num_clips", "run"}
-EMOTION_KEYS = {"mouth_corr_null", "mouth_corr_sweep", "emotion_acc", "emotion_acc_null", "emotion_acc_sweep",
-                "classifier_acc_true", "emotion_chance", "num_labelled_clips", "pose_by_emotion",
-                "pose_shift_by_emotion", "pose_shift_by_seed", "pose_std_change_by_emotion", "emotion_confusion"}
+               "jitter_true", "exp_l1"}
+STAGE2_KEYS = {"mouth_corr_null", "exp_l1_no_emotion"}
+EMOTION_KEYS = {"mouth_corr_sweep", "emotion_acc", "emotion_acc_null", "emotion_acc_sweep", "classifier_acc_true",
+                "emotion_chance", "num_labelled_clips", "pose_by_emotion", "pose_shift_by_emotion",
+                "pose_shift_by_seed", "pose_std_change_by_emotion", "emotion_confusion"}
 
 
-def test_cli_on_tiny_runs(stage1_run, stage2_run, tmp_path, capsys):
+def logged_evaluation(workdir) -> dict:
+  """The last row of a training run's eval_metrics.jsonl."""
+  return [json.loads(line) for line in open(workdir / "eval_metrics.jsonl")][-1]
+
+
+def test_evaluate_py_gives_the_numbers_training_logged(stage1_run, stage2_run, tmp_path, capsys):
+  """Training's evaluation (Trainer.evaluate at the last step) and evaluate.py with its defaults on that step's
+  checkpoint sample the same clips from the same seed through one function: the same metrics, to the last bit.
+  Another seed gives other numbers, so the equality is the noise's, not an accident of the tiny model."""
   module = evaluate_module()
   for run, stage in ((stage1_run, 1), (stage2_run, 2)):
     out = tmp_path / f"stage{stage}"
-    assert module.main(["--checkpoint", str(run), "--num-clips", "3", "--max-frames", "20", "--out", str(out),
-                        "--batch-size", "2", "--config.sample.ddim_steps=2"]) == 0
-    assert "evaluated 3 clips of split 'test'" in capsys.readouterr().out
-    metrics = json.load(open(out / "metrics.json"))
-    assert set(metrics) == (MOTION_KEYS | EMOTION_KEYS if stage == 2 else MOTION_KEYS)
-    assert metrics["run"]["stage"] == stage and metrics["run"]["max_frames"] == 20
-    assert all(np.isfinite(v) for k, v in metrics.items() if isinstance(v, float))
-    assert (out / "curves.png").stat().st_size > 0
-    assert (out / "emotion.png").exists() == (stage == 2)
+    assert module.main(["--checkpoint", str(run), "--out", str(out)]) == 0
+    assert "evaluated 1 clips of split 'test'" in capsys.readouterr().out
+    metrics, logged = json.load(open(out / "metrics.json")), logged_evaluation(run)
+    assert metrics["run"]["step"] == logged.pop("step") == 10 and metrics["run"]["stage"] == stage
+    assert set(logged) == (MOTION_KEYS | STAGE2_KEYS if stage == 2 else MOTION_KEYS)
+    assert {k: metrics[k] for k in logged} == logged
+    assert set(metrics) == set(logged) | {"num_clips", "run"} | (EMOTION_KEYS if stage == 2 else set())
+    assert (out / "curves.png").stat().st_size > 0 and (out / "emotion.png").exists() == (stage == 2)
 
+  seed = metrics["run"]["seed"] + 1
+  other = module.evaluate_checkpoint(str(stage1_run), seed=seed, out=str(tmp_path / "seed"), progress=False)
+  logged = logged_evaluation(stage1_run)
+  assert other["mouth_corr"] != logged["mouth_corr"] and other["pose_std"] != logged["pose_std"]
+
+
+def test_cli_flags(stage1_run, tmp_path, capsys):
+  """--num-clips, --max-frames, --batch-size (3 clips in batches of 2) and a config override are honoured."""
+  out = tmp_path / "out"
+  assert evaluate_module().main(["--checkpoint", str(stage1_run), "--num-clips", "3", "--max-frames", "20",
+                                 "--batch-size", "2", "--config.sample.ddim_steps=2", "--out", str(out)]) == 0
+  assert "evaluated 3 clips of split 'test'" in capsys.readouterr().out
+  metrics = json.load(open(out / "metrics.json"))
+  assert metrics["num_clips"] == 3 and metrics["run"]["max_frames"] == 20
+  assert all(np.isfinite(metrics[k]) for k in MOTION_KEYS)
+
+
+def test_cli_errors(stage1_run, tmp_path, capsys):
+  module = evaluate_module()
   assert module.main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: Checkpoint") and "does not exist" in err and len(err.splitlines()) == 1

@@ -201,8 +201,8 @@ class Trainer:
     parts = build_components(config, self.mesh, info["feature_dim"])
     self.model_fn, self.graphdef, self.diffusion, self.tx, self.lr_schedule, self.train_step, self.trainable = parts
 
-    root = jax.random.key(config.seed)
-    self.init_key, self.step_key, self.eval_key = (jax.random.fold_in(root, i) for i in range(3))
+    root = jax.random.key(config.seed)   # its stream eval_lib.EVAL_STREAM is evaluation's (eval_lib.evaluation_key)
+    self.init_key, self.step_key = (jax.random.fold_in(root, i) for i in range(2))
     self.sampler = generator.WindowSampler(self.graphdef, self.diffusion, config)
     self.data_iter = loader.make_train_iterator(config, jax.process_index(), jax.process_count())
     self.checkpointer = ckpt_lib.Checkpointer(self.workdir, config.train.keep_checkpoints)
@@ -265,18 +265,15 @@ class Trainer:
 
   # -- evaluation ----------------------------------------------------------------------------------------------
 
-  def sample(self, params, audio, identity, key, w_audio, emotion=None):
-    return generator.sample_sequence(self.sampler, params, audio, identity, key, self.config, w_audio=w_audio,
-                                     emotion=emotion)
-
   def evaluate(self, state) -> dict[str, float]:
+    """Held-out metrics of the state's EMA weights, logged (and plotted): eval_lib.evaluate_model, the path of
+    pipelines/evaluate.py, on config.eval's clips, so evaluate.py gives the same numbers for this step's checkpoint."""
     if self._eval_clips is None:
       e = self.config.eval
       self._eval_clips = loader.load_eval_clips(self.config, self.config.data.eval_split, e.num_clips, e.max_frames)
     step = int(state["step"])
-    metrics, curves = eval_lib.evaluate(self.sample, to_host(run_lib.model_params(state)), self._eval_clips,
-                                        jax.random.fold_in(self.eval_key, step), self.config.sample.w_audio,
-                                        emotion=self.config.stage == 2)
+    metrics, curves = eval_lib.evaluate_model(self.sampler, to_host(run_lib.model_params(state)), self.config,
+                                              self._eval_clips)
     if self.is_main:
       self.eval_writer.write(step, metrics)
       if self.config.eval.plot:
