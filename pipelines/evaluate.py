@@ -56,15 +56,15 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips:
 
   The clips are sampled by eval_lib.evaluate_model, as training's evaluation samples them: with the defaults
   (config.eval's clips and frames, config.seed, eval_lib.BATCH_SIZE clips at a time) the motion metrics are those
-  that training logged at the checkpoint's step."""
+  that training logged at the checkpoint's step. A mistake in the arguments stops with one sentence before any
+  output is written."""
   from playmate_jax import run as run_lib
   from playmate_jax.data import loader
   from playmate_jax.train import evaluate as eval_lib
   from playmate_jax.generator.factory import window_sampler
 
   batch_size = eval_lib.BATCH_SIZE if batch_size is None else batch_size
-  if batch_size < 1:
-    raise UserError(f"--batch-size {batch_size} must be at least 1.")
+  _check_arguments(num_clips, max_frames, batch_size, out)
   run = run_lib.restore_run(checkpoint)
   config = _config(run, overrides or {})
   split, clips = _clips(config, run, split, num_clips, max_frames)
@@ -91,9 +91,34 @@ def evaluate_checkpoint(checkpoint: str, *, split: str | None = None, num_clips:
   return metrics
 
 
+def _check_arguments(num_clips: int | None, max_frames: int | None, batch_size: int, out: str | None) -> None:
+  """The counts and the output folder, checked before any work."""
+  for flag, value in (("--num-clips", num_clips), ("--max-frames", max_frames), ("--batch-size", batch_size)):
+    if value is not None and value < 1:
+      raise UserError(f"{flag} {value} must be at least 1.")
+  if out is not None:
+    if os.path.exists(out) and not os.path.isdir(out):
+      raise UserError(f"--out {out} is a file; pass a folder (it will hold metrics.json and the plots).")
+    # The folder itself may be new (it is made at the end), the one that holds it must exist and be writable.
+    cli.check_output_folder(os.path.join(out, "metrics.json") if os.path.isdir(out) else out)
+
+
+# Config keys of the emotion controller and its evaluation, which a stage-1 model does not have.
+EMOTION_SETTINGS = ("emotion.", "sample.w_emotion", "eval.classifier")
+
+
 def _config(run, overrides: dict[str, str]):
-  """The checkpoint's config with the overrides, validated."""
+  """The checkpoint's config with the overrides, validated; the stage and the emotion settings stay the model's."""
   from playmate_jax import configlib
+  stage = int(run.config.stage)
+  if "stage" in overrides and overrides["stage"].strip() != str(stage):
+    raise UserError(f"--config.stage={overrides['stage']} does not apply: {run.workdir} holds a stage-{stage} "
+                    f"model, whose weights fix the stage; drop the flag, or pass the workdir of a "
+                    f"stage-{overrides['stage'].strip()} run.")
+  emotion = [k for k in overrides if k.startswith(EMOTION_SETTINGS)]
+  if stage == 1 and emotion:
+    raise UserError(f"--config.{emotion[0]} does not apply: {run.workdir} holds a stage-1 model, which has no "
+                    "emotion controller; for emotion metrics evaluate a stage-2 run (configs/stage2.py).")
   config = configlib.apply_overrides(run.config.copy_and_resolve_references(), overrides)
   config.lock()
   configlib.validate(config)   # the overridden values too; a restored run's config: no device count
@@ -101,12 +126,21 @@ def _config(run, overrides: dict[str, str]):
 
 
 def _clips(config, run, split: str | None, num_clips: int | None, max_frames: int | None) -> tuple[str, list[dict]]:
-  """(split, its first num_clips clips cut to max_frames)."""
+  """(split, its first num_clips clips cut to max_frames); a split the dataset lacks or fewer clips than asked
+  for stop with one sentence naming the flag."""
   from playmate_jax.data import loader
+  if split is not None:
+    dataset = loader.open_dataset(config)
+    if split not in dataset.clips:
+      raise UserError(f"Dataset {dataset.path} has no split {split!r}; pass --split with one of "
+                      f"{', '.join(sorted(dataset.clips))} (or leave it out: config.data.eval_split).")
   split = split or config.data.eval_split
   clips = loader.load_eval_clips(config, split, num_clips, max_frames)
   if not clips:
     raise UserError(f"Split {split!r} of the dataset of {run.workdir} holds no clips; pass another --split.")
+  if num_clips is not None and len(clips) < num_clips:
+    raise UserError(f"--num-clips {num_clips} is more than the {len(clips)} clips of split {split!r} of the "
+                    f"dataset of {run.workdir}; pass --num-clips {len(clips)} or fewer.")
   return split, clips
 
 

@@ -2,7 +2,8 @@
 
 The metrics are checked where their answer is known (the ground truth against itself, a known shift, an oracle
 sampler that returns the truth with a chosen demo emotion); the CLI runs on the tiny stage-1 and stage-2 runs of
-tests/conftest.py, where it must give the numbers that training's evaluation logged.
+tests/conftest.py, where it must give the numbers that training's evaluation logged, and refuses bad arguments
+with one sentence.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -198,12 +200,47 @@ def test_cli_flags(stage1_run, tmp_path, capsys):
   assert all(np.isfinite(metrics[k]) for k in MOTION_KEYS)
 
 
-def test_cli_errors(stage1_run, tmp_path, capsys):
-  module = evaluate_module()
-  assert module.main(["--checkpoint", str(tmp_path / "nowhere")]) == 2
-  err = capsys.readouterr().err.strip()
-  assert err.startswith("error: Checkpoint") and "does not exist" in err and len(err.splitlines()) == 1
-  assert module.main(["--checkpoint", str(stage1_run), "--config.sample.nope=1"]) == 2
-  assert "Unknown config key sample.nope" in capsys.readouterr().err
-  with pytest.raises(UserError, match="no split"):
-    module.evaluate_checkpoint(str(stage1_run), split="validation", progress=False)
+# ---------------------------------------------------------------- the CLI refuses bad arguments with one sentence
+
+BAD_ARGUMENTS = [  # (arguments after --checkpoint; {s1} {s2} {tmp}: the tiny runs and a fresh folder), the message
+    pytest.param(["{tmp}/nowhere"], "Checkpoint {tmp}/nowhere does not exist", id="missing checkpoint"),
+    pytest.param(["{tmp}/no_config"], "No readable checkpoint in {tmp}/no_config", id="checkpoint without config"),
+    pytest.param(["{s1}", "--config.data.name=playmate_clips", "--config.data.data_dir={tmp}/data"],
+                 "No playmate_clips dataset in {tmp}/data", id="missing dataset"),
+    pytest.param(["{s1}", "--num-clips", "0"], "--num-clips 0 must be at least 1", id="no clips"),
+    pytest.param(["{s1}", "--num-clips", "1000"], "--num-clips 1000 is more than the 24 clips of split 'test'",
+                 id="more clips than the split"),
+    pytest.param(["{s1}", "--max-frames", "0"], "--max-frames 0 must be at least 1", id="no frames"),
+    pytest.param(["{s1}", "--batch-size", "0"], "--batch-size 0 must be at least 1", id="empty batches"),
+    pytest.param(["{s1}", "--split", "validation"], "has no split 'validation'; pass --split with one of test, train",
+                 id="unknown split"),
+    pytest.param(["{s1}", "--config.stage=2"], "--config.stage=2 does not apply: {s1} holds a stage-1 model",
+                 id="stage-1 run as stage 2"),
+    pytest.param(["{s1}", "--config.sample.w_emotion=2.0"], "--config.sample.w_emotion does not apply: {s1} holds a "
+                 "stage-1 model, which has no emotion controller", id="emotion of a stage-1 run"),
+    pytest.param(["{s2}", "--config.stage=1"], "--config.stage=1 does not apply: {s2} holds a stage-2 model",
+                 id="stage-2 run as stage 1"),
+    pytest.param(["{s1}", "--config.sample.nope=1"], "Unknown config key sample.nope", id="unknown config key"),
+    pytest.param(["{s1}", "--out", "{tmp}/missing/out"], "Output folder {tmp}/missing does not exist",
+                 id="output in a missing folder"),
+    pytest.param(["{s1}", "--out", "{tmp}/file"], "--out {tmp}/file is a file", id="output is a file"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_ARGUMENTS)
+def test_cli_refuses_bad_arguments(stage1_run, stage2_run, tmp_path, capsys, args, message):
+  """Exit status 2, one line `error: <sentence naming the flag or file>` (no traceback), and nothing written."""
+  names = {"s1": stage1_run, "s2": stage2_run, "tmp": tmp_path}
+  args, message = [a.format(**names) for a in args], message.format(**names)
+  if args[0].endswith("no_config"):   # a run's checkpoints without their config
+    shutil.copytree(stage1_run / "checkpoints", args[0], ignore=lambda _, files: ["config"] if "state" in files else [])
+  (tmp_path / "file").write_text("not a folder")
+  if "--out" not in args:
+    args += ["--out", str(tmp_path / "out")]
+  before = sorted(p for p in tmp_path.rglob("*"))
+  assert evaluate_module().main(["--checkpoint", *args]) == 2
+  err = capsys.readouterr().err
+  errors = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err, err
+  assert message in errors[0], errors[0]
+  assert sorted(p for p in tmp_path.rglob("*")) == before and (tmp_path / "file").read_text() == "not a folder"
