@@ -1,6 +1,6 @@
 """Throughput of the project's parts, measured on whatever devices JAX sees.
 
-  python pipelines/benchmark.py {train,sample,render,audio,data,all} [--config=configs/stage1.py[:variant]]
+  python pipelines/benchmark.py {train,sample,render,audio,data,faces,serve,all} [--config=configs/stage1.py[:variant]]
       [--config.KEY=VALUE ...] [--steps N] [--repeats N] [--seconds S] [--json OUT] [--profile DIR]
   render: [--renderer WEIGHTS_DIR|random|random:tiny] [--batch-sizes 1,32] [--parts]
   audio:  [--weights WAV2VEC2_DIR|random] [--dtype bfloat16]
@@ -49,6 +49,11 @@ for :demo/:tiny or --config.data.name=demo): time to the end of 5 warm-up batche
 `faces`: the face finder (detector and 468-point mesh, or --face-models) on 1280x720 frames of tests.videos'
 drifting astronaut (needs scikit-image, a test extra): ms per frame at --batch-sizes (default 1,8,32) and the
 landmark jitter per frame over --seconds (default 8) of the scene, in pixels and per eye distance.
+
+`serve`: the service (pipelines/bench_serve.py) with the config's motion model (random weights) and --renderer:
+compile time, the time from submitting a job of --seconds (default 60) of speech to its stream's first fragment and to
+its finished mp4, --jobs jobs submitted together (motion batched, up to --max-batch) and one after another, and the
+motion's seconds per recording at batch 1, 2, 4 and 8.
 
 `all`: data, train, sample, render and audio in one process (the loader is measured once, for data and train).
 A :tiny config gets quick sizes: random:tiny renderer at batch 2 and 3 steps, 4 s of audio to sample, 2 s to
@@ -286,7 +291,7 @@ def print_top_ops(folder: str, n: int = 25) -> None:
 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("what", choices=[*PARTS, "all", "faces"])
+  parser.add_argument("what", choices=[*PARTS, "all", "faces", "serve"])
   parser.add_argument("--config", default=None, help="the config (train, sample, data, all)")
   parser.add_argument("--renderer", default=None,
                       help="converted LivePortrait weights, random (released sizes) or random:tiny (render)")
@@ -302,6 +307,9 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--loader-batches", type=int, default=50, help="timed batches (data, train)")
   parser.add_argument("--peak-size", type=int, default=None, help="size of the peak matmul (train)")
   parser.add_argument("--profile", default=None, help="write a jax.profiler trace here (train, sample)")
+  parser.add_argument("--jobs", type=int, default=4, help="jobs submitted together, then one by one (serve)")
+  parser.add_argument("--max-batch", type=int, default=4, help="jobs batched in one motion call (serve)")
+  parser.add_argument("--render-batch", type=int, default=16, help="frames per renderer call (serve)")
   parser.add_argument("--json", default=None, help="also write the figures to this file")
   parser.add_argument("--compile-cache", action="store_true",
                       help="use JAX's persistent compilation cache (off by default, so that compile times are "
@@ -312,7 +320,7 @@ def main(argv: list[str]) -> int:
   def run():
     from playmate_jax import configlib
     config = None
-    if args.what in ("train", "sample", "data", "all"):
+    if args.what in ("train", "sample", "data", "all", "serve"):
       if not args.config:
         raise UserError(f"`benchmark.py {args.what}` needs --config=configs/stage1.py (or another config).")
       config = configlib.apply_overrides(configlib.load_config(args.config), configlib.parse_overrides(overrides))
@@ -340,6 +348,10 @@ def main(argv: list[str]) -> int:
       figures["faces"] = bench_faces([int(b) for b in (args.batch_sizes or "1,8,32").split(",")],
                                      args.seconds or 8.0, args.repeats)
       parts = ("faces",)
+    if args.what == "serve":
+      from pipelines.bench_serve import bench_serve
+      figures["serve"] = bench_serve(config, args.renderer or "random", args.seconds or 60.0, args.jobs,
+                                     args.max_batch, args.render_batch)
     if "audio" in parts:
       dtype = pick(args.dtype, "float32", "bfloat16")
       figures["audio"] = bench_audio(args.weights, pick(args.seconds, 2.0, 3600.0), dtype, args.repeats)

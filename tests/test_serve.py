@@ -149,7 +149,7 @@ def test_a_queued_job_is_not_done_yet_and_can_be_cancelled(stage2_run, media, tm
 def test_jobs_waiting_together_share_one_motion_call(stage2_run, media, tmp_path):
   app, service = build(stage2_run, tmp_path / "results")
   assert service.ready.wait(300)
-  with service._lock:   # hold the worker while two jobs are submitted, so that they wait together
+  with service.paused():   # two jobs submitted while the worker waits: they are taken together
     client = TestClient(app)
     ids = []
     for _ in range(2):
@@ -232,3 +232,18 @@ def test_faces_of_a_portrait_largest_first(served, media, tmp_path):
   assert areas[0] > areas[1]
   assert found["faces"][0]["box"][2] < 512      # the large face is the left one
   one_sentence(client.post("/v1/faces", files={"image": ("cat.png", (media / "cat.png").read_bytes())}), 400)
+
+
+def test_a_worker_that_could_not_start_is_a_503_not_a_hang(served, media, tmp_path):
+  _, running = served
+  service = jobs_lib.Service(running.animator, jobs_lib.Store(str(tmp_path / "results"), 1 << 30),
+                             log=lambda message: None)
+
+  def broken():
+    raise RuntimeError("out of memory while compiling")
+
+  service.start(warm_up=broken)
+  assert service.ready.wait(10) and "out of memory" in service.failure
+  client = TestClient(app_lib.create_app(service))
+  message = one_sentence(client.post("/v1/animations", files=files(media)), 503)
+  assert "could not compile" in message and "Restart" in message

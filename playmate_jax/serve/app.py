@@ -71,7 +71,7 @@ def create_app(service: jobs_lib.Service, *, token: str | None = None, max_uploa
 
   @app.exception_handler(UserError)
   async def _user_error(request, e: UserError):
-    status = 429 if isinstance(e, jobs_lib.QueueFull) else 400
+    status = 429 if isinstance(e, jobs_lib.QueueFull) else 503 if isinstance(e, jobs_lib.Unavailable) else 400
     return JSONResponse({"error": str(e)}, status_code=status)
 
   @app.exception_handler(RequestValidationError)

@@ -15,6 +15,7 @@ time (the bound on concurrent device work).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,6 +40,10 @@ STREAM_FILE = "stream.mp4"
 
 class QueueFull(UserError):
   """More jobs wait than the service takes."""
+
+
+class Unavailable(UserError):
+  """The service cannot take jobs (its worker failed to start)."""
 
 
 @dataclasses.dataclass
@@ -150,7 +155,8 @@ class Service:
     self._lock = threading.Condition()
     self._worker: threading.Thread | None = None
     self._stop = False
-    self.ready = threading.Event()               # set once the programs are compiled
+    self.ready = threading.Event()               # set once the programs are compiled (or that failed)
+    self.failure: str | None = None              # why the worker could not start
 
   # --- submitting and asking ---------------------------------------------------------------------------------
 
@@ -164,6 +170,8 @@ class Service:
     """Checks and reads a job's inputs (UserError: nothing is kept) and queues it; `settings` are JobSpec fields."""
     folder = self.store.folder(job_id)
     try:
+      if self.failure is not None:
+        raise Unavailable(self.failure + " Restart it; the log says more.")
       with self._lock:
         waiting = sum(r.state == "queued" for r in self.records.values())
       if waiting >= self.max_queue:
@@ -182,6 +190,12 @@ class Service:
       self._jobs[job_id] = job
       self._lock.notify_all()
     return record
+
+  @contextlib.contextmanager
+  def paused(self):
+    """The worker takes no job while this lasts: jobs submitted meanwhile wait together and are batched."""
+    with self._lock:
+      yield
 
   def get(self, job_id: str) -> Record | None:
     with self._lock:
@@ -230,9 +244,15 @@ class Service:
       self._worker.join(timeout=60)
 
   def _work(self, warm_up) -> None:
-    if warm_up is not None:
-      warm_up()
-    self.ready.set()
+    try:
+      if warm_up is not None:
+        warm_up()
+    except BaseException as e:   # the process stays up to say why; no job is taken
+      self.failure = f"The service could not compile its programs ({type(e).__name__}: {str(e)[:300]})."
+      self.log(self.failure)
+      raise
+    finally:
+      self.ready.set()
     while True:
       with self._lock:
         while not self._stop and not self._jobs:
