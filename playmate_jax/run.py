@@ -87,18 +87,21 @@ def restore_run(path: str, *, ema: bool = True, sharding: jax.sharding.Sharding 
     raise UserError(f"Checkpoint {path} does not exist; pass a training workdir or one of its checkpoints/<step> folders.")
   if not candidates:
     raise UserError(f"No checkpoint found in {path}; train first with launch.py or pass another workdir.")
+  workdir = os.path.dirname(os.path.dirname(candidates[0]))   # WORKDIR/checkpoints/<step>
+  stats = read_stats(os.path.join(workdir, STATS_FILE))   # the workdir's, not a checkpoint's: its error is not skipped
+
   def load(candidate: str) -> tuple[str, Run]:
     saved = ocp.Checkpointer(ocp.JsonCheckpointHandler(filename=CONFIG_FILE)).restore(
         os.path.join(candidate, "config"))
     tree = _restore_state(os.path.join(candidate, "state"), sharding,
                           keys=("step", "ema_params" if ema else "params", "frozen"))
-    workdir = os.path.dirname(os.path.dirname(candidate))
-    stats = read_stats(os.path.join(workdir, STATS_FILE))
     return candidate, Run(model_params(tree, ema), saved, int(tree["step"]), workdir, stats)
 
   loaded = first_readable(candidates, load)
   if loaded is None:
-    raise UserError(f"No readable checkpoint in {path}; every candidate failed to load (see the warnings above).")
+    raise UserError(f"No readable checkpoint in {path}; every candidate failed to load (the warnings above say why): "
+                    "pass a training workdir whose checkpoints/<step> folders hold state/ and config/ (launch.py "
+                    "writes them), or an earlier step's folder.")
   # Validated once loaded, outside _first_readable: an invalid config is the run's mistake, not a damaged
   # checkpoint to skip.
   candidate, run = loaded

@@ -205,6 +205,8 @@ def test_cli_flags(stage1_run, tmp_path, capsys):
 BAD_ARGUMENTS = [  # (arguments after --checkpoint; {s1} {s2} {tmp}: the tiny runs and a fresh folder), the message
     pytest.param(["{tmp}/nowhere"], "Checkpoint {tmp}/nowhere does not exist", id="missing checkpoint"),
     pytest.param(["{tmp}/no_config"], "No readable checkpoint in {tmp}/no_config", id="checkpoint without config"),
+    pytest.param(["{tmp}/no_stats"], "Normalization statistics {tmp}/dataset_stats.json are missing",
+                 id="run without its statistics"),
     pytest.param(["{s1}", "--config.data.name=playmate_clips", "--config.data.data_dir={tmp}/data"],
                  "No playmate_clips dataset in {tmp}/data", id="missing dataset"),
     pytest.param(["{s1}", "--num-clips", "0"], "--num-clips 0 must be at least 1", id="no clips"),
@@ -234,6 +236,9 @@ def test_cli_refuses_bad_arguments(stage1_run, stage2_run, tmp_path, capsys, arg
   args, message = [a.format(**names) for a in args], message.format(**names)
   if args[0].endswith("no_config"):   # a run's checkpoints without their config
     shutil.copytree(stage1_run / "checkpoints", args[0], ignore=lambda _, files: ["config"] if "state" in files else [])
+    shutil.copy(stage1_run / "dataset_stats.json", tmp_path)   # the run's statistics are there: only configs lack
+  if args[0].endswith("no_stats"):    # a run's checkpoints without the statistics beside them: not "unreadable"
+    shutil.copytree(stage1_run / "checkpoints", args[0])
   (tmp_path / "file").write_text("not a folder")
   if "--out" not in args:
     args += ["--out", str(tmp_path / "out")]
