@@ -5,17 +5,24 @@ Run (paper-scale model on your dataset):
 Demo (built-in synthetic dataset, a few minutes on a CPU, no downloads):
   python launch.py --config=configs/stage1.py:demo --workdir=/tmp/stage1_demo
 Tests use `configs/stage1.py:tiny`.
+Live (speech in as it is spoken: short windows, audio seen at most model.audio_lookahead frames ahead):
+  python launch.py --config=configs/stage1.py:live --workdir=/tmp/stage1_live --config.data.data_dir=DATA_DIR
+  (and :demo_live, :tiny_live); `pipelines/serve.py` then serves /v1/live from it.
 
 Any value can be overridden on the command line, e.g. `--config.train.num_steps=2000`.
 """
 
 import ml_collections
 
+VARIANTS = ("default", "demo", "tiny", "live", "demo_live", "tiny_live")
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   variant = arg or "default"
-  if variant not in ("default", "demo", "tiny"):
-    raise ValueError(f"Unknown variant {variant!r} of configs/stage1.py; use one of: default, demo, tiny.")
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown variant {variant!r} of configs/stage1.py; use one of: {', '.join(VARIANTS)}.")
+  live = variant.endswith("live")
+  variant = {"live": "default"}.get(variant, variant.removesuffix("_live"))
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.stage = 1
@@ -80,6 +87,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.prev_noise_std = 0.05       # noise added to the previous-motion condition during training
   c.model.dtype = "bfloat16"          # compute dtype; parameters stay float32
   c.model.attention = "auto"          # "auto" (cuDNN's fused kernel on a GPU in bf16/fp16, else "xla"), "xla", "cudnn"
+  c.model.audio_lookahead = -1        # -1: offline (a window's whole audio); A >= 0: live, each frame sees A frames ahead
 
   # Diffusion: DDPM training (noise prediction), DDIM sampling with classifier-free guidance.
   c.diffusion = ml_collections.ConfigDict()
@@ -169,5 +177,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.train.progress_bar = False
     c.eval.num_clips = 2
     c.eval.max_frames = 60
+  if live:
+    # Live: a window is 8 frames (0.32 s), and frame j of it sees audio up to frame j + audio_lookahead; the audio
+    # context carried with each window (8 frames) bounds the look-ahead one may set.
+    c.variant = arg
+    c.data.window = 8
+    c.data.audio_context = 8
+    c.model.audio_lookahead = 2
   c.lock()
   return c

@@ -29,9 +29,11 @@ def _stage1_config(variant: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   variant = arg or "default"
-  if variant not in ("default", "demo", "tiny"):
-    raise ValueError(f"Unknown variant {variant!r} of configs/stage2.py; use one of: default, demo, tiny.")
+  stage1_variants = ("default", "demo", "tiny", "live", "demo_live", "tiny_live")
+  if variant not in stage1_variants:
+    raise ValueError(f"Unknown variant {variant!r} of configs/stage2.py; use one of: {', '.join(stage1_variants)}.")
   c = _stage1_config(arg)
+  variant = {"live": "default"}.get(variant, variant.removesuffix("_live"))
   with c.unlocked():
     c.stage = 2
     c.init_from = ""                    # the stage-1 workdir (its newest checkpoint) or one checkpoints/<step> folder

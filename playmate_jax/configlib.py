@@ -99,6 +99,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 # Fields that a config saved by an earlier version of the project may lack, each with the value such a config means
 # (what the code it was trained with did without the field). A config from configs/*.py has every one of them.
 ADDED_FIELDS = {
+    # Live models (a bounded audio look-ahead) came later: every earlier model is offline.
+    "model.audio_lookahead": -1,
     # The wav2vec2 / HuBERT encoder's settings: a config without them uses the mel encoder, which reads none.
     "audio.weights": "", "audio.layers": "-1", "audio.layer_reduce": "single", "audio.chunk_seconds": 20.0,
     "audio.overlap_seconds": 2.0, "audio.chunk_batch": 8, "audio.dtype": "float32",
@@ -188,6 +190,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   need(m.conv_kernel >= 1 and m.conv_kernel % 2 == 1,
        f"config.model.conv_kernel={m.conv_kernel} must be odd and positive (a convolution centred on each frame).")
   need(m.dtype in DTYPES, f"config.model.dtype={m.dtype!r} is not supported; use one of {', '.join(DTYPES)}.")
+  need(-1 <= m.audio_lookahead <= config.data.audio_context,
+       f"config.model.audio_lookahead={m.audio_lookahead} must be -1 (offline) or 0 to config.data.audio_context "
+       f"({config.data.audio_context}), the audio frames each window carries past its end.")
+  need(m.audio_lookahead < 0 or config.audio.encoder == "mel",
+       "A live model (config.model.audio_lookahead >= 0) needs config.audio.encoder='mel': wav2vec2 and HuBERT "
+       "attend over whole chunks of the recording, so their features have no bounded look-ahead.")
   need(m.attention in ATTENTION_KERNELS,
        f"config.model.attention={m.attention!r} is unknown; use one of {', '.join(ATTENTION_KERNELS)}.")
   need(0.0 <= m.audio_drop_prob < 1.0, f"config.model.audio_drop_prob={m.audio_drop_prob} must be in [0, 1).")

@@ -444,3 +444,35 @@ def test_attention_kernel_setting(monkeypatch):
   attn.kernel = "cudnn"
   np.testing.assert_allclose(attn(x), want, atol=1e-5)
   np.testing.assert_allclose(attn(x[:, ::-1]), want[:, ::-1], atol=1e-5)  # no mask: order-equivariant
+
+
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_a_live_model_sees_the_audio_only_its_lookahead_ahead(lookahead):
+  """audio_lookahead = A: frame j's output depends on audio up to frame j + A and on the noisy motion up to frame j,
+  never later (causal attention, causal temporal convolutions, the audio convolution's right context A); stage 2's
+  controller too. The offline model's frame j does change with later audio."""
+  cfg = get_config("tiny_live")
+  l, k, c = cfg.data.window, cfg.data.prev_frames, cfg.data.audio_context
+  cfg.model.audio_lookahead = lookahead
+  model = perturb(MotionDiT(cfg.model, audio_dim=D, audio_context=c, emotion_depth=1, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  inp = dict(x_t=normal(1, l, 69), t=jnp.array([37], jnp.int32), audio=normal(1, l + 2 * c, D),
+             audio_keep=jnp.ones((1,), bool), prev=normal(1, k, 69), identity=normal(1, 132),
+             emotion=jnp.array([3], jnp.int32))
+  base = np.asarray(run(model, inp))
+  j = 3
+  later_audio = inp["audio"].at[:, c + j + lookahead + 1:].add(5.0)   # audio frames after j + A
+  later_motion = inp["x_t"].at[:, j + 1:].add(5.0)
+  for changed in (run(model, inp, audio=later_audio), run(model, inp, x_t=later_motion)):
+    changed = np.asarray(changed)
+    np.testing.assert_allclose(changed[:, :j + 1], base[:, :j + 1], atol=1e-5)
+    assert np.abs(changed[:, j + 1:] - base[:, j + 1:]).max() > 1e-3
+  at_lookahead = np.asarray(run(model, inp, audio=inp["audio"].at[:, c + j + lookahead].add(5.0)))
+  assert np.abs(at_lookahead[:, j] - base[:, j]).max() > 1e-3   # frame j + A itself is seen
+  offline = get_config("tiny_live")
+  offline.model.audio_lookahead = -1
+  model = perturb(MotionDiT(offline.model, audio_dim=D, audio_context=c, rngs=nnx.Rngs(0)))
+  inp.pop("emotion")
+  base = np.asarray(run(model, inp))
+  assert np.abs(np.asarray(run(model, inp, audio=later_audio))[:, :j + 1] - base[:, :j + 1]).max() > 1e-3

@@ -75,11 +75,14 @@ def attention_kernel(model_cfg: Any) -> str:
 
 
 class SelfAttention(nnx.Module):
-  """Multi-head self-attention over all tokens; softmax in float32 (inside cuDNN's kernel with kernel="cudnn")."""
+  """Multi-head self-attention over all tokens (causal: each token over itself and those before it); softmax in
+  float32 (inside cuDNN's kernel with kernel="cudnn")."""
 
-  def __init__(self, dim: int, num_heads: int, *, dtype: Any, rngs: nnx.Rngs, kernel: str = "xla"):
+  def __init__(self, dim: int, num_heads: int, *, dtype: Any, rngs: nnx.Rngs, kernel: str = "xla",
+               causal: bool = False):
     self.num_heads = num_heads
     self.kernel = kernel
+    self.causal = causal
     self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
 
@@ -87,8 +90,11 @@ class SelfAttention(nnx.Module):
     b, n, d = x.shape
     q, k, v = jnp.moveaxis(self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads), 2, 0)
     if self.kernel == "cudnn":
-      return self.out(jax.nn.dot_product_attention(q, k, v, implementation="cudnn").reshape(b, n, d))
+      causal = {"is_causal": True} if self.causal else {}
+      return self.out(jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **causal).reshape(b, n, d))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    if self.causal:
+      logits = jnp.where(jnp.tril(jnp.ones((n, n), bool)), logits, -jnp.inf)
     probs = jax.nn.softmax(logits / math.sqrt(d // self.num_heads), axis=-1).astype(v.dtype)
     return self.out(jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d))
 
@@ -96,8 +102,9 @@ class SelfAttention(nnx.Module):
 class ConvModule(nnx.Module):
   """Conformer convolution module: pointwise + GLU, depthwise temporal conv, LayerNorm, swish, pointwise."""
 
-  def __init__(self, dim: int, kernel: int, *, dtype: Any, rngs: nnx.Rngs):
+  def __init__(self, dim: int, kernel: int, *, dtype: Any, rngs: nnx.Rngs, causal: bool = False):
     self.dtype = dtype
+    self.causal = causal
     self.pw_in = nnx.Linear(dim, 2 * dim, dtype=dtype, rngs=rngs)
     self.depthwise = nnx.Conv(dim, dim, (kernel,), padding="SAME", feature_group_count=dim, dtype=dtype,
                               rngs=rngs)
@@ -106,19 +113,21 @@ class ConvModule(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jax.nn.glu(self.pw_in(x), axis=-1)
-    x = self.norm(depthwise_conv1d(x, self.depthwise.kernel[...], self.depthwise.bias[...]).astype(jnp.float32))
+    x = self.norm(depthwise_conv1d(x, self.depthwise.kernel[...], self.depthwise.bias[...],
+                                   self.causal).astype(jnp.float32))
     return self.pw_out(jax.nn.silu(x).astype(self.dtype))
 
 
-def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, causal: bool = False) -> jax.Array:
   """nnx.Conv(dim, dim, (k,), padding="SAME", feature_group_count=dim) on x [B, N, dim] with its kernel [k, 1, dim]
-  and bias [dim], computed as k shifted multiply-adds in x's dtype.
+  and bias [dim], computed as k shifted multiply-adds in x's dtype; causal: all k taps on the frame and the ones
+  before it (the padding all on the left).
 
   XLA fuses the taps into one elementwise kernel, forward and backward, where a grouped convolution costs layout
   transposes and a slow weight gradient on the GPU (BENCHMARKS.md has the profile).
   """
   taps, n = kernel.shape[0], x.shape[1]
-  left = (taps - 1) // 2                                   # "SAME": the extra pad of an even kernel goes right
+  left = taps - 1 if causal else (taps - 1) // 2          # "SAME": the extra pad of an even kernel goes right
   padded = jnp.pad(x, ((0, 0), (left, taps - 1 - left), (0, 0)))
   w = kernel[:, 0].astype(x.dtype)
   out = padded[:, 0:n] * w[0]
@@ -141,13 +150,13 @@ class ConformerBlock(nnx.Module):
   """[adaLN] attention -> [adaLN] conv module -> [adaLN] feed-forward, each gated (adaLN-Zero)."""
 
   def __init__(self, dim: int, num_heads: int, mlp_ratio: float, conv_kernel: int, dropout_rate: float, *,
-               dtype: Any, rngs: nnx.Rngs, attention: str = "xla"):
+               dtype: Any, rngs: nnx.Rngs, attention: str = "xla", causal: bool = False):
     self.dtype = dtype
     self.dropout_rate = dropout_rate
     # shift, scale, gate for each of the 3 sub-layers; zero-init so the block starts as the identity.
     self.ada = nnx.Linear(dim, 9 * dim, kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
-    self.attn = SelfAttention(dim, num_heads, dtype=dtype, rngs=rngs, kernel=attention)
-    self.conv = ConvModule(dim, conv_kernel, dtype=dtype, rngs=rngs)
+    self.attn = SelfAttention(dim, num_heads, dtype=dtype, rngs=rngs, kernel=attention, causal=causal)
+    self.conv = ConvModule(dim, conv_kernel, dtype=dtype, rngs=rngs, causal=causal)
     self.ffn = FeedForward(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, c: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
@@ -181,11 +190,11 @@ class TransformerBlock(nnx.Module):
   """Pre-norm self-attention and feed-forward, each residual, over a float32 residual stream."""
 
   def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout_rate: float, *, dtype: Any,
-               rngs: nnx.Rngs, attention: str = "xla"):
+               rngs: nnx.Rngs, attention: str = "xla", causal: bool = False):
     self.dtype = dtype
     self.dropout_rate = dropout_rate
     self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
-    self.attn = SelfAttention(dim, num_heads, dtype=dtype, rngs=rngs, kernel=attention)
+    self.attn = SelfAttention(dim, num_heads, dtype=dtype, rngs=rngs, kernel=attention, causal=causal)
     self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
     self.ffn = FeedForward(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
@@ -206,11 +215,11 @@ class EmotionController(nnx.Module):
   """
 
   def __init__(self, dim: int, num_heads: int, mlp_ratio: float, depth: int, dropout_rate: float, *, dtype: Any,
-               rngs: nnx.Rngs, attention: str = "xla"):
+               rngs: nnx.Rngs, attention: str = "xla", causal: bool = False):
     self.dtype = dtype
     self.embedding = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (len(EMOTIONS) + 1, dim), jnp.float32))
     self.blocks = nnx.List([TransformerBlock(dim, num_heads, mlp_ratio, dropout_rate, dtype=dtype, rngs=rngs,
-                                             attention=attention) for _ in range(depth)])
+                                             attention=attention, causal=causal) for _ in range(depth)])
     self.out = nnx.Linear(dim, dim, kernel_init=_zeros, bias_init=_zeros, dtype=dtype, rngs=rngs)
 
   def __call__(self, h: jax.Array, emotion: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
@@ -224,7 +233,13 @@ class EmotionController(nnx.Module):
 
 class MotionDiT(nnx.Module):
   """Predicts the diffusion noise of L motion frames from audio, K previous frames and the identity, and in
-  stage 2 (emotion_depth > 0: with an emotion controller) from the emotion."""
+  stage 2 (emotion_depth > 0: with an emotion controller) from the emotion.
+
+  model_cfg.audio_lookahead = A >= 0 makes it a live model: frame j of a window depends on audio frames up to j + A
+  and on nothing later. The audio convolution reads c frames before each frame and A after it; attention and the
+  temporal convolutions are causal (the previous-motion tokens come first, so every frame still sees them). A window
+  can then be sampled as soon as its audio up to its last frame + A has arrived. -1: offline (the window's whole
+  audio, c frames each side, and attention both ways)."""
 
   def __init__(self, model_cfg: Any, *, audio_dim: int, audio_context: int, emotion_depth: int = 0,
                rngs: nnx.Rngs):
@@ -235,10 +250,13 @@ class MotionDiT(nnx.Module):
     self.dtype = dtype
     self.audio_dim = audio_dim
     self.audio_context = audio_context
+    self.lookahead = int(model_cfg.audio_lookahead)
+    causal = self.lookahead >= 0
+    right = self.lookahead if causal else audio_context
     # Token embeddings.
     self.motion_in = nnx.Linear(MOTION_DIM, dim, dtype=dtype, rngs=rngs)
     self.prev_in = nnx.Linear(MOTION_DIM, dim, dtype=dtype, rngs=rngs)
-    self.audio_conv = nnx.Conv(audio_dim, dim, (2 * audio_context + 1,), padding="VALID", dtype=dtype, rngs=rngs)
+    self.audio_conv = nnx.Conv(audio_dim, dim, (audio_context + 1 + right,), padding="VALID", dtype=dtype, rngs=rngs)
     self.audio_proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
     normal = nnx.initializers.normal(0.02)
     self.audio_null = nnx.Param(normal(rngs.params(), (dim,), jnp.float32))
@@ -249,13 +267,14 @@ class MotionDiT(nnx.Module):
     self.identity_in = nnx.Linear(IDENTITY_DIM, dim, rngs=rngs)
     self.blocks = nnx.List([
         ConformerBlock(dim, model_cfg.num_heads, model_cfg.mlp_ratio, model_cfg.conv_kernel, model_cfg.dropout,
-                       dtype=dtype, rngs=rngs, attention=attention) for _ in range(model_cfg.depth)])
+                       dtype=dtype, rngs=rngs, attention=attention, causal=causal) for _ in range(model_cfg.depth)])
     self.final_ada = nnx.Linear(dim, 2 * dim, kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
     self.pose_head = MLPHead(dim, model_cfg.head_hidden, POSE_DIM, dtype=dtype, rngs=rngs)
     self.exp_head = MLPHead(dim, model_cfg.head_hidden, EXP_DIM, dtype=dtype, rngs=rngs)
     # Stage 2 only; its attribute name is EMOTION_PARAMS.
     self.emotion = EmotionController(dim, model_cfg.num_heads, model_cfg.mlp_ratio, emotion_depth, model_cfg.dropout,
-                                     dtype=dtype, rngs=rngs, attention=attention) if emotion_depth > 0 else None
+                                     dtype=dtype, rngs=rngs, attention=attention,
+                                     causal=causal) if emotion_depth > 0 else None
 
   def condition(self, t: jax.Array, identity: jax.Array) -> jax.Array:
     """Conditioning vector [B, dim] float32 = MLP(timestep features) + Linear(identity)."""
@@ -263,7 +282,10 @@ class MotionDiT(nnx.Module):
     return temb + self.identity_in(identity.astype(jnp.float32))
 
   def embed_audio(self, audio: jax.Array, audio_keep: jax.Array) -> jax.Array:
-    """[B, L+2c, D] -> [B, L, dim]; samples with audio_keep False get the learned null embedding."""
+    """[B, L+2c, D] -> [B, L, dim]; samples with audio_keep False get the learned null embedding. A live model reads
+    the first L + c + A frames only."""
+    if self.lookahead >= 0:
+      audio = audio[:, :audio.shape[1] - (self.audio_context - self.lookahead)]
     a = self.audio_proj(jax.nn.silu(self.audio_conv(audio.astype(self.dtype))))
     return jnp.where(audio_keep[:, None, None], a, self.audio_null[...].astype(a.dtype))
 
