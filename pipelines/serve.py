@@ -4,6 +4,7 @@
                             [--host 127.0.0.1] [--port 8000] [--token TOKEN] [--face-models DIR]
                             [--results serve-results] [--max-storage-gb 10] [--max-upload-mb 50]
                             [--max-queue 32] [--max-batch 4] [--batch-size 16] [--dtype bfloat16|float32]
+                            [--live-checkpoint LIVE_WORKDIR] [--max-live 8]
 
 Open http://HOST:PORT/ for the page, http://HOST:PORT/docs for the API. The motion model and the renderer are
 restored once and every program a job runs is compiled before the first job (`Animator.compile`), so a request
@@ -12,6 +13,10 @@ wait together (up to --max-batch) generate their motion in one batched device ca
 device does one job's frames at a time. Results stay in --results (oldest removed past --max-storage-gb) and
 survive a restart. It listens on localhost only unless --host says otherwise; --token (or $PLAYMATE_TOKEN)
 requires `Authorization: Bearer TOKEN` on every /v1 request.
+
+Live: a model trained with configs/stage1.py:live (a bounded audio look-ahead) given as --live-checkpoint, or as
+--checkpoint itself, serves the WebSocket /v1/live (speech in as it is spoken, frames out as they are rendered) and
+the page's live mode; at most --max-live sessions at once share the device.
 """
 
 from __future__ import annotations
@@ -43,12 +48,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="renderer compute dtype")
   p.add_argument("--no-stitching", action="store_true", help="turn LivePortrait's stitching off")
+  p.add_argument("--live-checkpoint", default=None, help="a live model's workdir (configs/stage1.py:live) for "
+                 "/v1/live (default: --checkpoint, if it is a live model)")
+  p.add_argument("--max-live", type=int, default=8, help="live sessions at once")
   return p.parse_args(argv)
 
 
 def build(args: argparse.Namespace, log=print):
   """(app, service): the models restored, the service started (compiling on its worker before the first job)."""
+  import numpy as np
+
   from playmate_jax import animate as anim
+  from playmate_jax.animate import live as live_lib
   from playmate_jax.animate.job import Animator, batch_shapes
   from playmate_jax.renderer.api import Renderer
   from playmate_jax.serve import app as app_lib
@@ -57,7 +68,10 @@ def build(args: argparse.Namespace, log=print):
   if not os.path.exists(args.checkpoint):
     raise UserError(f"Checkpoint {args.checkpoint} does not exist; pass a training workdir or one of its "
                     "checkpoints/<step> folders.")
-  for name in ("max_queue", "max_batch", "batch_size", "max_upload_mb", "max_storage_gb"):
+  if args.live_checkpoint is not None and not os.path.exists(args.live_checkpoint):
+    raise UserError(f"Live checkpoint {args.live_checkpoint} does not exist; pass a workdir trained with "
+                    "configs/stage1.py:live.")
+  for name in ("max_queue", "max_batch", "batch_size", "max_upload_mb", "max_storage_gb", "max_live"):
     if getattr(args, name) <= 0:
       raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be positive.")
   batch_shapes(args.max_batch)   # refuses a --max-batch above the largest compiled batch
@@ -66,8 +80,22 @@ def build(args: argparse.Namespace, log=print):
   model = anim.MotionModel.load(args.checkpoint)
   animator = Animator(renderer, model, batch_size=args.batch_size, stitching=not args.no_stitching,
                       face_models=args.face_models)
-  service = jobs_lib.Service(animator, store, max_queue=args.max_queue, max_batch=args.max_batch, log=log)
-  service.start(warm_up=lambda: animator.compile(args.max_batch))
+  live_model = None
+  if args.live_checkpoint is not None:
+    live_model = anim.MotionModel.load(args.live_checkpoint)
+    live_lib.check_live(live_model)
+  elif int(model.config.model.audio_lookahead) >= 0:
+    live_model = model
+  service = jobs_lib.Service(animator, store, max_queue=args.max_queue, max_batch=args.max_batch, log=log,
+                             live_model=live_model, max_live=args.max_live)
+
+  def warm_up():
+    animator.compile(args.max_batch)
+    if live_model is not None:
+      blank = np.full((256, 256, 3), 128, np.uint8)
+      live_lib.warm_up(live_model, renderer, anim.load_portrait(renderer, blank, None))
+
+  service.start(warm_up=warm_up)
   return app_lib.create_app(service, token=args.token, max_upload_mb=args.max_upload_mb), service
 
 

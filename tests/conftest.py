@@ -43,13 +43,13 @@ def video_collection(tmp_path_factory):
   return folder, videos.write_collection(folder)
 
 
-def _train_tiny(config_name: str, workdir, **overrides) -> None:
+def _train_tiny(config_name: str, workdir, config: str = "tiny", **overrides) -> None:
   import jax
   from playmate_jax import configlib
   from playmate_jax.train import mesh as mesh_lib
   from playmate_jax.train.trainer import Trainer
   quick = {"train.num_steps": 10, "eval.num_clips": 1, "eval.max_frames": 16, "eval.plot": False, **overrides}
-  config = configlib.apply_overrides(configlib.load_config(os.path.join(ROOT, "configs", config_name) + ":tiny"),
+  config = configlib.apply_overrides(configlib.load_config(os.path.join(ROOT, "configs", config_name) + ":" + config),
                                      {k: str(v) for k, v in quick.items()})
   Trainer(config, str(workdir), mesh=mesh_lib.make_mesh(jax.devices()[:1])).run()
 
@@ -67,6 +67,14 @@ def stage2_run(stage1_run, tmp_path_factory):
   """A tiny stage-2 workdir trained from stage1_run (configs/stage2.py:tiny, 10 steps, one device)."""
   workdir = tmp_path_factory.mktemp("stage2_tiny")
   _train_tiny("stage2.py", workdir, init_from=stage1_run)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def live_run(tmp_path_factory):
+  """A tiny live stage-1 workdir (configs/stage1.py:tiny_live: 8-frame windows, look-ahead 2), 10 steps."""
+  workdir = tmp_path_factory.mktemp("live_tiny")
+  _train_tiny("stage1.py", workdir, config="tiny_live")
   return workdir
 
 

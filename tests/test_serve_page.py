@@ -39,13 +39,14 @@ def media(tmp_path_factory):
   t = np.arange(int(12 * 16000)) / 16000
   speech = 0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0)
   sf.write(folder / "speech.wav", speech.astype(np.float32), 16000)   # also the fake microphone's sound
+  sf.write(folder / "short.wav", speech[:3 * 16000].astype(np.float32), 16000)
   return folder
 
 
 @pytest.fixture(scope="module")
-def server(stage2_run, tmp_path_factory):
+def server(stage2_run, live_run, tmp_path_factory):
   import uvicorn
-  app, service = build(stage2_run, tmp_path_factory.mktemp("page_results"))
+  app, service = build(stage2_run, tmp_path_factory.mktemp("page_results"), live_checkpoint=live_run)
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -123,3 +124,29 @@ def test_the_video_plays_while_it_is_made_and_errors_read_as_the_api_says(server
   page.wait_for_selector("#download-video", timeout=120_000)
   duration = page.evaluate("document.getElementById('video').duration")
   assert abs(duration - 12.0) < 0.3
+
+
+def test_live_mode_streams_a_file_and_the_microphone_and_shows_the_face(server, browser, media):
+  url, service = server
+  page = browser.new_page()
+  page.goto(url)
+  page.set_input_files("#image", str(media / "two.png"))
+  page.wait_for_function("document.getElementById('faces-note').textContent.startsWith('2 faces')")
+  page.set_input_files("#audio", str(media / "short.wav"))
+  page.wait_for_function("!document.getElementById('live-file').disabled")
+  page.click("#live-file")      # 3 s of speech at real-time pace
+  page.wait_for_function("document.getElementById('live-note').textContent.endsWith('done')", timeout=60_000)
+  assert int(page.evaluate("document.getElementById('live-canvas').dataset.frames")) == 75
+  assert page.inner_text("#error") == ""
+  page.wait_for_function("!document.getElementById('live-mic').disabled")
+  page.click("#live-mic")       # the fake microphone plays speech.wav
+  page.wait_for_function("document.getElementById('live-canvas').dataset.frames > 0", timeout=30_000)
+  time.sleep(2.0)
+  page.click("#live-stop")
+  page.wait_for_function("document.getElementById('live-note').textContent.endsWith('done')", timeout=60_000)
+  assert int(page.evaluate("document.getElementById('live-canvas').dataset.frames")) >= 40
+  pixels = page.evaluate("""() => { const c = document.getElementById('live-canvas');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2]; return s; }""")
+  assert pixels > 0              # frames were drawn
+  assert service.live_sessions == 0

@@ -64,6 +64,24 @@ class LogMelEncoder:
                  f"-f{self.fmin:g}-{self.fmax:g}")
     self.feature_dim = self.n_mels
 
+  def row_end(self, row: int) -> int:
+    """How many samples a live stream needs before row `row` is final (its window's last sample, plus one)."""
+    return row * self.hop - (self.n_fft // 2 - self.hop // 2) + self.n_fft
+
+  def rows(self, waveform: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of `encode(waveform)` (zeros past the waveform's end), computed from their own samples
+    only: a live stream adds rows as their audio arrives, and they equal the whole recording's."""
+    left = self.n_fft // 2 - self.hop // 2
+    a, b = start * self.hop - left, (stop - 1) * self.hop - left + self.n_fft
+    wave = np.asarray(waveform, np.float32).reshape(-1)
+    piece = np.zeros(b - a, np.float32)
+    lo, hi = max(a, 0), min(b, len(wave))
+    if hi > lo:
+      piece[lo - a:hi - a] = wave[lo:hi]
+    windows = np.lib.stride_tricks.sliding_window_view(piece, self.n_fft)[::self.hop]
+    spec = np.fft.rfft(windows * self._window, axis=-1)
+    return np.log((spec.real ** 2 + spec.imag ** 2) @ self._filters.T + LOG_OFFSET).astype(np.float32)
+
   def encode(self, waveform: np.ndarray) -> np.ndarray:
     """float32 [num_frames(len(waveform)), n_mels] from a mono float32 waveform at sample_rate."""
     wave = np.asarray(waveform, np.float32).reshape(-1)

@@ -7,6 +7,8 @@
     GET    /v1/animations/{id}/stream   the video while it is made (fragmented MP4), then the mp4
     GET    /v1/animations/{id}/curves   head pose and mouth opening per frame (JSON), for the page's plot
     DELETE /v1/animations/{id}          cancel (or remove a finished job)
+    WS     /v1/live                     live: a start message (JSON: the portrait, the rate), then 16-bit PCM chunks
+                                        in; frames out as they are rendered (see `live`)
     POST   /v1/faces                    the faces of a portrait (boxes, largest first), for choosing one
     GET    /v1/info                     the model: stage, emotions, defaults, limits
     GET    /                            the web page       GET /docs   the OpenAPI page (served locally)
@@ -18,15 +20,19 @@ request must carry `Authorization: Bearer TOKEN`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import json
 import os
 import re
 import shutil
+import struct
 import tempfile
+import time
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import Depends, File, Form, Request, UploadFile
+from fastapi import Depends, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
@@ -126,7 +132,10 @@ def create_app(service: jobs_lib.Service, *, token: str | None = None, max_uploa
                 pose_modes=["generated", "fixed", "sweep"], fps=25, window=int(model.config.data.window),
                 defaults=dict(w_audio=float(sample.w_audio), w_emotion=float(sample.w_emotion),
                               ddim_steps=int(sample.ddim_steps)),
-                max_upload_mb=max_upload_mb, ready=service.ready.is_set(), max_batch=service.max_batch)
+                max_upload_mb=max_upload_mb, ready=service.ready.is_set(), max_batch=service.max_batch,
+                live=service.live_model is not None,
+                live_lookahead=None if service.live_model is None else
+                int(service.live_model.config.model.audio_lookahead))
 
   @app.post("/v1/faces", dependencies=auth, summary="The faces found in a portrait, largest first")
   def faces(image: Annotated[UploadFile, File(description="the portrait")]):
@@ -223,7 +232,86 @@ def create_app(service: jobs_lib.Service, *, token: str | None = None, max_uploa
     service.cancel(job_id)
     return record.public()
 
+  @app.websocket("/v1/live")
+  async def live(ws: WebSocket):
+    """Live animation. The client sends, in order:
+      1. a JSON text message {"image": base64 of the portrait file, "rate": 16000, and optionally "emotion",
+         "w_audio", "w_emotion", "face", "seed", "quality" (JPEG, 85)};
+      2. binary messages of mono 16-bit little-endian PCM at that rate, of any length, as the speech comes;
+      3. the text message {"type": "end"} when the speech ends.
+    The service answers {"type": "ready", "fps": 25, "window", "lookahead", "width", "height"} once the portrait is
+    ready, then one binary message per frame as soon as it is rendered: a 4-byte big-endian frame index, the
+    frame's latency in ms as a 4-byte big-endian float (from the arrival of the last sample of its audio to now),
+    then the JPEG; after "end", the remaining frames and {"type": "end", "frames": N}. A mistake is
+    {"type": "error", "error": "one sentence"}, and the connection closes. A client that goes away frees its
+    session."""
+    given = ws.headers.get("authorization") or f"Bearer {ws.query_params.get('token', '')}"
+    await ws.accept()
+    if token is not None and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+      await _ws_error(ws, "This service needs its token: connect with ?token=TOKEN or 'Authorization: Bearer TOKEN'.")
+      return
+    session, quality = None, 85
+    try:
+      start = await ws.receive_text()
+      try:
+        settings = json.loads(start)
+        image = base64.b64decode(settings.pop("image"), validate=True)
+        quality = int(settings.pop("quality", 85))
+      except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError("The first message must be JSON with the portrait as base64 in \"image\" and the sample rate "
+                        "in \"rate\"; see /docs.") from None
+      with tempfile.TemporaryDirectory(dir=service.store.root, prefix=".live-") as folder:
+        path = os.path.join(folder, "portrait")
+        with open(path, "wb") as f:
+          f.write(image)
+        session = await asyncio.to_thread(service.open_live, path, "the portrait", settings)
+      size = service.animator.renderer.render_size
+      await ws.send_json(dict(type="ready", fps=25, window=session.window, lookahead=session.lookahead,
+                              width=size, height=size))
+      while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+          return
+        if message.get("bytes") is not None:
+          frames = await asyncio.to_thread(session.push, message["bytes"])
+          await _send_frames(ws, frames, quality)
+          continue
+        try:
+          said = json.loads(message.get("text") or "")
+        except ValueError:
+          said = None
+        if not isinstance(said, dict) or said.get("type") != "end":
+          raise UserError("A text message during a live session must be {\"type\": \"end\"}; send the speech as "
+                          "binary 16-bit PCM.")
+        frames = await asyncio.to_thread(session.finish)
+        await _send_frames(ws, frames, quality)
+        await ws.send_json(dict(type="end", frames=session.frames_out))
+        await ws.close()
+        return
+    except UserError as e:
+      await _ws_error(ws, str(e))
+    except WebSocketDisconnect:
+      pass
+    finally:
+      if session is not None:
+        service.close_live()
+
   return app
+
+
+async def _send_frames(ws, frames, quality: int) -> None:
+  for f in frames:
+    jpeg = await asyncio.to_thread(f.jpeg, quality)
+    latency = (time.perf_counter() - f.audio_arrived) * 1e3
+    await ws.send_bytes(struct.pack(">If", f.index, latency) + jpeg)
+
+
+async def _ws_error(ws, message: str) -> None:
+  try:
+    await ws.send_json(dict(type="error", error=message))
+    await ws.close(code=1008)
+  except (WebSocketDisconnect, RuntimeError):
+    pass
 
 
 async def _tail(service: jobs_lib.Service, job_id: str):

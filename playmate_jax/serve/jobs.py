@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 
 from playmate_jax import cli
+from playmate_jax.animate import emotion_label, find_portrait
 from playmate_jax.animate import job as job_lib
 from playmate_jax.audio import num_frames
 from playmate_jax.errors import UserError
@@ -146,8 +147,10 @@ class Service:
   """
 
   def __init__(self, animator: job_lib.Animator, store: Store, *, max_queue: int = 32, max_batch: int = 4,
-               log: Callable[[str], None] = print):
+               log: Callable[[str], None] = print, live_model=None, max_live: int = 8):
     self.animator, self.store = animator, store
+    self.live_model, self.max_live = live_model, int(max_live)   # a live motion model (or None), and its sessions
+    self.live_sessions = 0
     self.max_queue, self.max_batch, self.log = int(max_queue), int(max_batch), log
     self.records: dict[str, Record] = {r.id: r for r in store.load()}
     self._jobs: dict[str, job_lib.Job] = {}      # prepared inputs of the waiting jobs
@@ -228,6 +231,39 @@ class Service:
           raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
         self._lock.wait(min(left, 0.5))
       return self.records[job_id]
+
+  # --- live sessions ----------------------------------------------------------------------------------------------
+
+  def open_live(self, image: str, name: str, settings: dict):
+    """A LiveSession for a portrait file (settings: rate, emotion, w_audio, w_emotion, face, seed); UserError for a
+    photo with no face, an unknown emotion, a full service or none with a live model."""
+    from playmate_jax.animate import live as live_lib
+    if self.live_model is None:
+      raise UserError("This service has no live model; start it with --live-checkpoint WORKDIR (a model trained "
+                      "with configs/stage1.py:live).")
+    with self._lock:
+      if self.live_sessions >= self.max_live:
+        raise QueueFull(f"The service already runs {self.live_sessions} live sessions, its limit; try again later.")
+      self.live_sessions += 1
+    try:
+      label = None if not settings.get("emotion") else emotion_label(settings["emotion"])
+      pixels, face = find_portrait(image, face=settings.get("face"), face_models=self.animator.face_models,
+                                   report=lambda message: None)
+      portrait = self.animator.portrait(job_lib.Job(spec=None, image=pixels, face=face, wave=None, label=label,
+                                                    pose="generated"))
+      return live_lib.LiveSession(self.live_model, self.animator.renderer, portrait,
+                                  input_rate=int(settings.get("rate") or 16000), seed=int(settings.get("seed") or 0),
+                                  emotion=label, w_audio=settings.get("w_audio"), w_emotion=settings.get("w_emotion"),
+                                  stitching=self.animator.stitching)
+    except BaseException as e:
+      self.close_live()
+      if isinstance(e, UserError):
+        raise type(e)(str(e).replace(image, name)) from None
+      raise
+
+  def close_live(self) -> None:
+    with self._lock:
+      self.live_sessions -= 1
 
   # --- the worker --------------------------------------------------------------------------------------------
 

@@ -17,11 +17,18 @@ async function api(path, options = {}) {
 
 function showError(message) { $("error").textContent = message || ""; }
 
-function ready() { $("go").disabled = !(state.image && state.audio && state.faces.length); }
+function ready() {
+  $("go").disabled = !(state.image && state.audio && state.faces.length);
+  const idle = !live.ws && state.image && state.faces.length && state.live;
+  $("live-mic").disabled = !idle;
+  $("live-file").disabled = !(idle && state.audio);
+}
 
 async function loadInfo() {
   try {
     const info = await api("/v1/info");
+    state.live = info.live;
+    if (!info.live) $("live-about").textContent = "This service has no live model (start it with --live-checkpoint).";
     $("model").textContent = `stage-${info.stage} model, ${info.defaults.ddim_steps} DDIM steps`;
     if (!info.emotions.length) $("emotion-box").style.display = "none";
     for (const name of info.emotions) $("emotion").add(new Option(name, name));
@@ -227,5 +234,118 @@ function plot(curves) {
   });
   canvas.dataset.frames = String(n);
 }
+
+// --- live: speech in as it is spoken (the microphone, or a file at real-time pace), frames back as they come -------
+
+const live = { ws: null, context: null, stop: null, t0: 0, delay: 0.6, frames: 0, latencies: [], sent: 0 };
+
+function fileAsBase64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",")[1]);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+function toInt16(samples) {
+  const out = new Int16Array(samples.length);
+  for (let i = 0; i < samples.length; i++) out[i] = Math.max(-1, Math.min(1, samples[i])) * 32767;
+  return out.buffer;
+}
+
+function liveNote(text) {
+  const sorted = [...live.latencies].sort((a, b) => a - b);
+  const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
+  $("live-note").textContent = text || `${live.frames} frames, median latency ${median.toFixed(0)} ms`;
+  $("live-canvas").dataset.frames = String(live.frames);
+}
+
+async function liveStart(fromFile) {
+  showError("");
+  const context = new AudioContext();
+  live.context = context; live.frames = 0; live.latencies = []; live.sent = 0;
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/live` +
+    (TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : "");
+  const ws = new WebSocket(url);
+  ws.binaryType = "arraybuffer";
+  live.ws = ws; ready();
+  $("live-stop").disabled = false;
+  const settings = { image: await fileAsBase64(state.image), rate: context.sampleRate, face: state.face };
+  if ($("emotion").value) { settings.emotion = $("emotion").value; settings.w_emotion = Number($("w-emotion").value); }
+  ws.onopen = () => ws.send(JSON.stringify(settings));
+  ws.onmessage = async (event) => {
+    if (typeof event.data !== "string") return drawLiveFrame(event.data);
+    const said = JSON.parse(event.data);
+    if (said.type === "ready") { liveNote("live"); await (fromFile ? streamFile(context, ws) : streamMic(context, ws)); }
+    else if (said.type === "error") { showError(said.error); liveEnd(); }
+    else if (said.type === "end") { liveNote(); $("live-note").textContent += " - done"; liveEnd(); }
+  };
+  ws.onclose = () => liveEnd();
+}
+
+async function streamMic(context, ws) {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const source = context.createMediaStreamSource(stream);
+  const processor = context.createScriptProcessor(1024, 1, 1);
+  processor.onaudioprocess = (e) => { if (ws.readyState === 1) ws.send(toInt16(e.inputBuffer.getChannelData(0))); };
+  const delay = context.createDelay(2.0);   // the voice played back as late as the face: in sync
+  delay.delayTime.value = live.delay;
+  source.connect(processor); processor.connect(context.destination);
+  source.connect(delay); delay.connect(context.destination);
+  live.t0 = performance.now();
+  live.stop = () => {
+    processor.disconnect(); source.disconnect(); stream.getTracks().forEach((t) => t.stop());
+    if (ws.readyState === 1) ws.send(JSON.stringify({ type: "end" }));
+  };
+}
+
+async function streamFile(context, ws) {
+  const buffer = await context.decodeAudioData(await state.audio.arrayBuffer());
+  const mono = new Float32Array(buffer.length);
+  for (let c = 0; c < buffer.numberOfChannels; c++) {
+    const data = buffer.getChannelData(c);
+    for (let i = 0; i < data.length; i++) mono[i] += data[i] / buffer.numberOfChannels;
+  }
+  const player = context.createBufferSource();
+  player.buffer = buffer; player.connect(context.destination);
+  player.start(context.currentTime + live.delay);
+  const chunk = Math.round(buffer.sampleRate * 0.02);
+  live.t0 = performance.now();
+  let sent = 0;
+  const timer = setInterval(() => {   // real-time pace: what 20 ms ticks have made due
+    const due = Math.min(mono.length, Math.round((performance.now() - live.t0) / 1000 * buffer.sampleRate));
+    while (sent < due && ws.readyState === 1) {
+      ws.send(toInt16(mono.subarray(sent, Math.min(due, sent + chunk))));
+      sent = Math.min(due, sent + chunk);
+    }
+    if (sent >= mono.length) { clearInterval(timer); if (ws.readyState === 1) ws.send(JSON.stringify({ type: "end" })); }
+  }, 20);
+  live.stop = () => { clearInterval(timer); player.stop(); if (ws.readyState === 1) ws.send(JSON.stringify({ type: "end" })); };
+}
+
+async function drawLiveFrame(data) {
+  const view = new DataView(data);
+  const index = view.getUint32(0), latency = view.getFloat32(4);
+  const bitmap = await createImageBitmap(new Blob([data.slice(8)], { type: "image/jpeg" }));
+  live.frames += 1; live.latencies.push(latency);
+  const due = live.t0 + (live.delay + index / 25) * 1000;   // shown when its sound plays
+  setTimeout(() => {
+    const canvas = $("live-canvas");
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  }, Math.max(0, due - performance.now()));
+  if (live.frames % 5 === 0) liveNote();
+}
+
+function liveEnd() {
+  if (live.ws && live.ws.readyState <= 1 && live.stop === null) live.ws.close();
+  live.ws = null; live.stop = null;
+  $("live-stop").disabled = true;
+  ready();
+}
+
+$("live-mic").addEventListener("click", () => liveStart(false));
+$("live-file").addEventListener("click", () => liveStart(true));
+$("live-stop").addEventListener("click", () => { if (live.stop) { const stop = live.stop; live.stop = null; stop(); } });
 
 loadInfo();
