@@ -184,5 +184,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.window = 8
     c.data.audio_context = 8
     c.model.audio_lookahead = 2
+    if variant == "demo":
+      c.data.batch_size = 64          # 5x shorter windows: 4x the windows per step (at 16, mouth_corr 0.90 vs 0.95)
   c.lock()
   return c

@@ -18,27 +18,6 @@ import time
 import numpy as np
 
 
-def random_run(config):
-  """A `run.Run` of the config's model with random weights and neutral statistics (unit spread, zero means)."""
-  import jax
-  from flax import nnx
-
-  from playmate_jax import audio, configlib
-  from playmate_jax import run as run_lib
-  from playmate_jax.data.stats import DatasetStats
-  from playmate_jax.generator.factory import model_factory
-
-  configlib.validate(config)
-  dim = audio.get_encoder(config.audio).feature_dim
-  model_fn = model_factory(config, dim)
-  params = jax.jit(lambda k: nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=k)), nnx.Param)))(jax.random.key(0))
-  f = lambda n, v=0.0: np.full(n, v, np.float32)
-  stats = DatasetStats(exp_mean=f(63), exp_std=f(63, 0.02), pose_mean={}, pose_std={},
-                       default_pose_mean=f(6), default_pose_std=np.array([5, 8, 3, .02, .02, .05], np.float32),
-                       audio_mean=f(dim), audio_std=f(dim, 1.0), kp_mean=f(63), num_frames=0)
-  return run_lib.Run(params=params, config=config, step=0, workdir="random", stats=stats)
-
-
 def _speech(path: str, seconds: float) -> None:
   import soundfile as sf
   t = np.arange(int(seconds * 16000)) / 16000
@@ -50,12 +29,13 @@ def say(message: str) -> None:
   print(f"[serve] {message}", flush=True)
 
 
-def bench_serve(config, renderer: str, seconds: float, jobs: int, max_batch: int, batch_size: int = 16) -> dict:
+def bench_serve(config_path: str, renderer: str, seconds: float, jobs: int, max_batch: int, batch_size: int = 16) -> dict:
   import cv2
   import jax
   from skimage import data
 
   from playmate_jax import animate as anim
+  from playmate_jax import run as run_lib
   from playmate_jax.animate.job import Animator, batch_shapes
   from playmate_jax.renderer.api import Renderer
   from playmate_jax.serve import jobs as jobs_lib
@@ -65,7 +45,7 @@ def bench_serve(config, renderer: str, seconds: float, jobs: int, max_batch: int
   portrait, speech = os.path.join(folder, "portrait.png"), os.path.join(folder, "speech.wav")
   cv2.imwrite(portrait, cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
   _speech(speech, seconds)
-  model = anim.MotionModel(random_run(config))
+  model = anim.MotionModel(run_lib.random_run(config_path))
   say("model ready; compiling")
   animator = Animator(Renderer.from_spec(renderer), model, batch_size=batch_size)
   service = jobs_lib.Service(animator, jobs_lib.Store(os.path.join(folder, "results"), 1 << 40),

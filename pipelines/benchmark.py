@@ -350,7 +350,7 @@ def main(argv: list[str]) -> int:
       parts = ("faces",)
     if args.what == "serve":
       from pipelines.bench_serve import bench_serve
-      figures["serve"] = bench_serve(config, args.renderer or "random", args.seconds or 60.0, args.jobs,
+      figures["serve"] = bench_serve(args.config, args.renderer or "random", args.seconds or 60.0, args.jobs,
                                      args.max_batch, args.render_batch)
     if "audio" in parts:
       dtype = pick(args.dtype, "float32", "bfloat16")

@@ -33,7 +33,8 @@ from playmate_jax.errors import UserError  # noqa: E402
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="a training workdir (newest checkpoint) or one checkpoint")
+  p.add_argument("--checkpoint", required=True, help="a training workdir (newest checkpoint) or one checkpoint; "
+                 "random:CONFIG for that config's model with random weights (meaningless motion, for trying it)")
   p.add_argument("--renderer", required=True, help="converted LivePortrait weights folder, random or random:tiny")
   p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
   p.add_argument("--port", type=int, default=8000)
@@ -65,10 +66,11 @@ def build(args: argparse.Namespace, log=print):
   from playmate_jax.serve import app as app_lib
   from playmate_jax.serve import jobs as jobs_lib
 
-  if not os.path.exists(args.checkpoint):
+  if not args.checkpoint.startswith("random:") and not os.path.exists(args.checkpoint):
     raise UserError(f"Checkpoint {args.checkpoint} does not exist; pass a training workdir or one of its "
                     "checkpoints/<step> folders.")
-  if args.live_checkpoint is not None and not os.path.exists(args.live_checkpoint):
+  if args.live_checkpoint is not None and not args.live_checkpoint.startswith("random:") and \
+     not os.path.exists(args.live_checkpoint):
     raise UserError(f"Live checkpoint {args.live_checkpoint} does not exist; pass a workdir trained with "
                     "configs/stage1.py:live.")
   for name in ("max_queue", "max_batch", "batch_size", "max_upload_mb", "max_storage_gb", "max_live"):

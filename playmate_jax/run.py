@@ -15,10 +15,13 @@ from typing import Any, Callable, NamedTuple, TypeVar
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 
-from playmate_jax import configlib
-from playmate_jax.data.stats import read_stats
+from playmate_jax import audio, configlib
+from playmate_jax.data.stats import DatasetStats, read_stats
+from playmate_jax.generator.factory import model_factory
 from playmate_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,27 @@ class Run(NamedTuple):
   step: int
   workdir: str
   stats: Any                          # playmate_jax.data.DatasetStats of the training data
+
+
+def random_run(config_path: str) -> Run:
+  """A run of a config's model with random weights and neutral statistics (zero means, unit audio spread): its motion
+  is meaningless, as `--renderer random`'s pictures are; for trying a pipeline and measuring its speed without a
+  trained model (`--checkpoint random:configs/stage1.py[:variant]`)."""
+  try:
+    config = configlib.load_config(config_path)
+  except (OSError, ValueError, AttributeError) as e:
+    raise UserError(f"Config {config_path} (from --checkpoint random:CONFIG) could not be loaded ({e}); give e.g. "
+                    "random:configs/stage1.py:live.") from None
+  configlib.validate(config)
+  dim = audio.get_encoder(config.audio).feature_dim
+  model_fn = model_factory(config, dim)
+  params = jax.jit(lambda k: nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=k)), nnx.Param)))(jax.random.key(0))
+  f = lambda n, v=0.0: np.full(n, v, np.float32)
+  stats = DatasetStats(exp_mean=f(63), exp_std=f(63, 0.02), pose_mean={}, pose_std={}, default_pose_mean=f(6),
+                       default_pose_std=np.array([5, 8, 3, .02, .02, .05], np.float32), audio_mean=f(dim),
+                       audio_std=f(dim, 1.0), kp_mean=f(63), num_frames=0)
+  log.warning("The motion model has RANDOM weights (%s); its motion is meaningless.", config_path)
+  return Run(params=params, config=config, step=0, workdir=f"random:{config_path}", stats=stats)
 
 
 def restore_run(path: str, *, ema: bool = True, sharding: jax.sharding.Sharding | None = None) -> Run:

@@ -83,7 +83,10 @@ class MotionModel:
 
   @classmethod
   def load(cls, checkpoint: str, ddim_steps: int | None = None) -> "MotionModel":
-    """From a training workdir (its newest checkpoint) or one checkpoint folder."""
+    """From a training workdir (its newest checkpoint) or one checkpoint folder; `random:CONFIG` (e.g.
+    random:configs/stage1.py:live) is that config's model with random weights, for trying a pipeline."""
+    if checkpoint.startswith("random:"):
+      return cls(run_lib.random_run(checkpoint[len("random:"):]), ddim_steps)
     return cls(run_lib.restore_run(checkpoint), ddim_steps)
 
   @property
