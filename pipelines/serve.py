@@ -101,12 +101,24 @@ def build(args: argparse.Namespace, log=print):
   return app_lib.create_app(service, token=args.token, max_upload_mb=args.max_upload_mb), service
 
 
+def check_port(host: str, port: int) -> None:
+  """UserError when the address cannot be listened on (in use, or not this machine's)."""
+  import socket
+  try:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      s.bind((host, port))
+  except OSError as e:
+    raise UserError(f"Cannot listen on {host}:{port} ({e.strerror}); pass another --port, or stop what uses it.")
+
+
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
   cli.setup_logging("WARNING")
 
   def run():
     import uvicorn
+    check_port(args.host, args.port)   # before the models load: a port in use is one sentence at once
     app, service = build(args)
     print(f"compiling; then serving http://{args.host}:{args.port}/ (API: /docs), results in "
           f"{os.path.abspath(args.results)}; Ctrl-C stops", flush=True)

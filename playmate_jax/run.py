@@ -77,9 +77,9 @@ def random_run(config_path: str) -> Run:
   trained model (`--checkpoint random:configs/stage1.py[:variant]`)."""
   try:
     config = configlib.load_config(config_path)
-  except (OSError, ValueError, AttributeError) as e:
-    raise UserError(f"Config {config_path} (from --checkpoint random:CONFIG) could not be loaded ({e}); give e.g. "
-                    "random:configs/stage1.py:live.") from None
+  except (OSError, ValueError, AttributeError, UserError) as e:
+    raise UserError(f"Config {config_path} (from --checkpoint random:CONFIG) could not be loaded ({str(e).rstrip('.')});"
+                    " give e.g. random:configs/stage1.py:live.") from None
   configlib.validate(config)
   dim = audio.get_encoder(config.audio).feature_dim
   model_fn = model_factory(config, dim)

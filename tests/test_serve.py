@@ -247,3 +247,30 @@ def test_a_worker_that_could_not_start_is_a_503_not_a_hang(served, media, tmp_pa
   client = TestClient(app_lib.create_app(service))
   message = one_sentence(client.post("/v1/animations", files=files(media)), 503)
   assert "could not compile" in message and "Restart" in message
+
+
+def test_a_port_in_use_and_a_missing_checkpoint_are_one_sentence(tmp_path, capsys):
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    code = serve_cli.main(["--checkpoint", "random:configs/stage1.py:tiny", "--renderer", "random:tiny",
+                           "--port", str(port), "--results", str(tmp_path / "r")])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and err.startswith(f"error: Cannot listen on 127.0.0.1:{port}") and "\n" not in err
+  code = serve_cli.main(["--checkpoint", str(tmp_path / "none"), "--renderer", "random:tiny", "--port", "0",
+                         "--results", str(tmp_path / "r")])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and "does not exist" in err and "\n" not in err
+
+
+def test_a_random_motion_model_for_trying_the_pipeline(media):
+  from playmate_jax import animate as anim
+  from playmate_jax.errors import UserError
+  model = anim.MotionModel.load("random:configs/stage1.py:tiny_live")
+  assert model.config.model.audio_lookahead == 2 and model.workdir.startswith("random:")
+  motion = model.generate(np.zeros(16000, np.float32), model.default_source())
+  assert motion["exp"].shape == (25, 21, 3) and np.isfinite(motion["exp"]).all()
+  with pytest.raises(UserError, match="random:CONFIG"):
+    anim.MotionModel.load("random:configs/nothing.py")
