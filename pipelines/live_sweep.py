@@ -73,10 +73,12 @@ def plot(results: list[dict], path: str) -> None:
     ax.axhline(offline["mouth_corr"], color="gray", ls="--", label=f"offline (window 40) {offline['mouth_corr']:.3f}")
     ax.set_xlabel(label)
     ax.set_ylabel("held-out mouth_corr")
+    ax.set_ylim(min(0.8, min(r["mouth_corr"] for r in rows) - 0.02), 1.0)   # from 0.8: differences at their scale
     twin = ax.twinx()
     twin.plot([r[x] for r in rows], [r["jitter"] for r in rows], "s:", color="tab:red", label="jitter")
     twin.axhline(offline["jitter"], color="tab:red", ls="--", lw=0.8)
     twin.set_ylabel("jitter (keypoints / frame^2)", color="tab:red")
+    twin.set_ylim(0, 1.3 * max(r["jitter"] for r in rows))
     ax.legend(loc="lower right", fontsize=8)
   fig.suptitle("Live model on the demo: mouth correlation and jitter (dashed: the offline model)")
   fig.tight_layout()
