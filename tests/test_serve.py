@@ -6,6 +6,7 @@ Tiny trained models (tests/conftest.py), tiny random renderer weights, the astro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -42,6 +43,28 @@ def build(checkpoint, results, **extra):
                                "--results", str(results), "--max-batch", "2", "--batch-size", "8",
                                *[str(a) for kv in extra.items() for a in (f"--{kv[0].replace('_', '-')}", kv[1])]])
   return serve_cli.build(args, log=lambda message: None)
+
+
+@contextlib.contextmanager
+def listening(app):
+  """The app served by uvicorn on a free localhost port, on a thread: yields the port."""
+  import socket
+  import threading
+  import uvicorn
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  while not server.started:
+    assert thread.is_alive(), "the test server did not start"
+    time.sleep(0.05)
+  try:
+    yield port
+  finally:
+    server.should_exit = True
+    thread.join(10)
 
 
 @pytest.fixture(scope="module")

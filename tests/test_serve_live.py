@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
 import time
 
 import cv2
@@ -20,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from playmate_jax import video
 from pipelines import live_client
-from tests.test_serve import build
+from tests.test_serve import build, listening
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +35,10 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(stage2_run, live_run, tmp_path_factory):
-  import uvicorn
   app, service = build(stage2_run, tmp_path_factory.mktemp("live_results"), live_checkpoint=live_run, max_live=2)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
   assert service.ready.wait(300) and service.failure is None
-  while not server.started:
-    time.sleep(0.05)
-  yield app, service, f"ws://127.0.0.1:{port}/v1/live"
-  server.should_exit = True
-  thread.join(10)
+  with listening(app) as port:
+    yield app, service, f"ws://127.0.0.1:{port}/v1/live"
   service.stop()
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 
 import cv2
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.test_serve import build
+from tests.test_serve import build, listening
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -45,20 +43,10 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(stage2_run, live_run, tmp_path_factory):
-  import uvicorn
   app, service = build(stage2_run, tmp_path_factory.mktemp("page_results"), live_checkpoint=live_run)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-  thread = threading.Thread(target=srv.run, daemon=True)
-  thread.start()
   assert service.ready.wait(300)
-  while not srv.started:
-    time.sleep(0.05)
-  yield f"http://127.0.0.1:{port}", service
-  srv.should_exit = True
-  thread.join(10)
+  with listening(app) as port:
+    yield f"http://127.0.0.1:{port}", service
   service.stop()
 
 
@@ -129,14 +117,21 @@ def test_the_video_plays_while_it_is_made_and_errors_read_as_the_api_says(server
 def test_live_mode_streams_a_file_and_the_microphone_and_shows_the_face(server, browser, media):
   url, service = server
   page = browser.new_page()
+  said = []
+  page.on("console", lambda m: said.append(m.text))
+  page.on("pageerror", lambda e: said.append(str(e)))
   page.goto(url)
   page.set_input_files("#image", str(media / "two.png"))
   page.wait_for_function("document.getElementById('faces-note').textContent.startsWith('2 faces')")
   page.set_input_files("#audio", str(media / "short.wav"))
   page.wait_for_function("!document.getElementById('live-file').disabled")
   page.click("#live-file")      # 3 s of speech at real-time pace
-  page.wait_for_function("document.getElementById('live-note').textContent.endsWith('done')", timeout=60_000)
-  assert int(page.evaluate("document.getElementById('live-canvas').dataset.frames")) == 75
+  try:
+    page.wait_for_function("document.getElementById('live-note').textContent.endsWith('done')", timeout=60_000)
+  except Exception:
+    raise AssertionError(f"no end of the live session; the page said {said}, the note {page.inner_text('#live-note')!r}"
+                         f", the error {page.inner_text('#error')!r}")
+  page.wait_for_function("document.getElementById('live-canvas').dataset.frames === '75'", timeout=10_000)
   assert page.inner_text("#error") == ""
   page.wait_for_function("!document.getElementById('live-mic').disabled")
   page.click("#live-mic")       # the fake microphone plays speech.wav

@@ -237,7 +237,7 @@ function plot(curves) {
 
 // --- live: speech in as it is spoken (the microphone, or a file at real-time pace), frames back as they come -------
 
-const live = { ws: null, context: null, stop: null, t0: 0, delay: 0.6, frames: 0, latencies: [], sent: 0 };
+const live = { ws: null, context: null, stop: null, t0: 0, delay: 0.6, frames: 0, latencies: [], sent: 0, done: false };
 
 function fileAsBase64(file) {
   return new Promise((resolve, reject) => {
@@ -257,14 +257,16 @@ function toInt16(samples) {
 function liveNote(text) {
   const sorted = [...live.latencies].sort((a, b) => a - b);
   const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
-  $("live-note").textContent = text || `${live.frames} frames, median latency ${median.toFixed(0)} ms`;
+  // Frames still being decoded may report after the session's end: the note says "done" from then on.
+  $("live-note").textContent = text || `${live.frames} frames, median latency ${median.toFixed(0)} ms` +
+    (live.done ? " - done" : "");
   $("live-canvas").dataset.frames = String(live.frames);
 }
 
 async function liveStart(fromFile) {
   showError("");
   const context = new AudioContext();
-  live.context = context; live.frames = 0; live.latencies = []; live.sent = 0;
+  live.context = context; live.frames = 0; live.latencies = []; live.sent = 0; live.done = false;
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/live` +
     (TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : "");
   const ws = new WebSocket(url);
@@ -279,7 +281,7 @@ async function liveStart(fromFile) {
     const said = JSON.parse(event.data);
     if (said.type === "ready") { liveNote("live"); await (fromFile ? streamFile(context, ws) : streamMic(context, ws)); }
     else if (said.type === "error") { showError(said.error); liveEnd(); }
-    else if (said.type === "end") { liveNote(); $("live-note").textContent += " - done"; liveEnd(); }
+    else if (said.type === "end") { live.done = true; liveNote(); liveEnd(); }
   };
   ws.onclose = () => liveEnd();
 }
@@ -329,6 +331,7 @@ async function drawLiveFrame(data) {
   const index = view.getUint32(0), latency = view.getFloat32(4);
   const bitmap = await createImageBitmap(new Blob([data.slice(8)], { type: "image/jpeg" }));
   live.frames += 1; live.latencies.push(latency);
+  $("live-canvas").dataset.frames = String(live.frames);
   const due = live.t0 + (live.delay + index / 25) * 1000;   // shown when its sound plays
   setTimeout(() => {
     const canvas = $("live-canvas");
