@@ -265,16 +265,18 @@ function liveNote(text) {
 
 async function liveStart(fromFile) {
   showError("");
+  $("live-mic").disabled = $("live-file").disabled = true;   // one session at a time from this page
   const context = new AudioContext();
   live.context = context; live.frames = 0; live.latencies = []; live.sent = 0; live.done = false;
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/live` +
     (TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : "");
+  // The start message is ready before the socket exists: an open event before its handler is set would be lost.
+  const settings = { image: await fileAsBase64(state.image), rate: context.sampleRate, face: state.face };
+  if ($("emotion").value) { settings.emotion = $("emotion").value; settings.w_emotion = Number($("w-emotion").value); }
   const ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   live.ws = ws; ready();
   $("live-stop").disabled = false;
-  const settings = { image: await fileAsBase64(state.image), rate: context.sampleRate, face: state.face };
-  if ($("emotion").value) { settings.emotion = $("emotion").value; settings.w_emotion = Number($("w-emotion").value); }
   ws.onopen = () => ws.send(JSON.stringify(settings));
   ws.onmessage = async (event) => {
     if (typeof event.data !== "string") return drawLiveFrame(event.data);
