@@ -18,6 +18,7 @@ that plays while it is written). One failing job does not stop the others.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from playmate_jax import cli
+from playmate_jax.animate.live import LiveSession
 from playmate_jax.animate import (BATCH_SIZES, FPS, POSE_MODES, MotionModel, Portrait, compose, emotion_label, find_portrait,
                                   load_portrait, render_video, sweep_pose, video_pose, warm_up_render)
 from playmate_jax.audio import load_audio
@@ -152,6 +154,25 @@ class Animator:
       self._models[ddim_steps] = base.with_ddim_steps(ddim_steps)
     return self._models[ddim_steps]
 
+  def prepare_job(self, image: str, audio: str, out: str, settings: dict, stream: str | None = None) -> Job:
+    """A job (JobSpec fields in `settings`) with its inputs read and checked against this animator's model: what a
+    service checks when a job is submitted."""
+    job = prepare(JobSpec(image=image, audio=audio, out=out, stream=stream, **settings), self.face_models,
+                  report=lambda message: None)
+    self.model.check_emotion(job.label)
+    return job
+
+  def live_session(self, model: MotionModel, image: str, settings: dict) -> LiveSession:
+    """A live session of `model` (a live model) for a portrait file; settings: rate, emotion, w_audio, w_emotion,
+    face, seed. UserError for a photo with no face or an unknown emotion."""
+    label = None if not settings.get("emotion") else emotion_label(settings["emotion"])
+    pixels, face = find_portrait(image, face=settings.get("face"), face_models=self.face_models,
+                                 report=lambda message: None)
+    portrait = load_portrait(self.renderer, pixels, face)
+    return LiveSession(model, self.renderer, portrait, input_rate=int(settings.get("rate") or 16000),
+                       seed=int(settings.get("seed") or 0), emotion=label, w_audio=settings.get("w_audio"),
+                       w_emotion=settings.get("w_emotion"), stitching=self.stitching)
+
   def portrait(self, job: Job) -> Portrait:
     """F and M on the job's face crop."""
     return load_portrait(self.renderer, job.image, job.face)
@@ -220,8 +241,9 @@ class Animator:
   def run(self, jobs: Sequence[Job], *, progress: bool = False,
           on_frames: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, dict | Exception]]:
     """Runs jobs: every portrait, the motion (batched), then each video; yields (index, result or the error) as
-    each job ends, in order. `on_frames(index, n)` hears of every batch of frames rendered and may raise
-    `Cancelled` to stop that job. A job's UserError or Cancelled ends only that job; other errors end the run."""
+    each job ends, in order. `on_frames(index, n)` hears of every batch of frames rendered; when it returns True
+    that job stops (its error is a `Cancelled`). A job's UserError or Cancelled ends only that job; other errors end
+    the run."""
     jobs = list(jobs)
     portraits = [self.portrait(job) for job in jobs]
     try:
@@ -240,12 +262,17 @@ class Animator:
       if isinstance(motion, Exception):
         yield i, motion
         continue
-      tell = None if on_frames is None else (lambda n, i=i: on_frames(i, n))
+      tell = None if on_frames is None else functools.partial(_tell, on_frames, i)
       try:
         yield i, self.render(job, portrait, motion, progress=progress, on_frames=tell)
       except (UserError, Cancelled) as e:
         _remove(job.spec.motion_path)
         yield i, e
+
+
+def _tell(on_frames: Callable[[int, int], bool | None], index: int, n: int) -> None:
+  if on_frames(index, n):
+    raise Cancelled()
 
 
 def _remove(path: str) -> None:

@@ -26,8 +26,6 @@ import uuid
 from collections.abc import Callable
 
 from playmate_jax import cli
-from playmate_jax.animate import emotion_label, find_portrait
-from playmate_jax.animate import job as job_lib
 from playmate_jax.audio import num_frames
 from playmate_jax.errors import UserError
 
@@ -146,14 +144,14 @@ class Service:
     job_id = service.submit(image_path, audio_path, settings)      # UserError: the one-sentence 4xx
   """
 
-  def __init__(self, animator: job_lib.Animator, store: Store, *, max_queue: int = 32, max_batch: int = 4,
+  def __init__(self, animator, store: Store, *, max_queue: int = 32, max_batch: int = 4,
                log: Callable[[str], None] = print, live_model=None, max_live: int = 8):
     self.animator, self.store = animator, store
     self.live_model, self.max_live = live_model, int(max_live)   # a live motion model (or None), and its sessions
     self.live_sessions = 0
     self.max_queue, self.max_batch, self.log = int(max_queue), int(max_batch), log
     self.records: dict[str, Record] = {r.id: r for r in store.load()}
-    self._jobs: dict[str, job_lib.Job] = {}      # prepared inputs of the waiting jobs
+    self._jobs: dict[str, object] = {}           # prepared inputs of the waiting jobs (the animator's Jobs)
     self._cancel: set[str] = set()
     self._lock = threading.Condition()
     self._worker: threading.Thread | None = None
@@ -179,10 +177,8 @@ class Service:
         waiting = sum(r.state == "queued" for r in self.records.values())
       if waiting >= self.max_queue:
         raise QueueFull(f"The service already has {waiting} jobs waiting; try again when some have finished.")
-      spec = job_lib.JobSpec(image=image, audio=audio, out=os.path.join(folder, VIDEO_FILE),
-                             stream=os.path.join(folder, STREAM_FILE), **settings)
-      job = job_lib.prepare(spec, self.animator.face_models, report=lambda message: None)
-      self.animator.model.check_emotion(job.label)
+      job = self.animator.prepare_job(image, audio, os.path.join(folder, VIDEO_FILE), settings,
+                                      stream=os.path.join(folder, STREAM_FILE))
     except BaseException:
       shutil.rmtree(folder, ignore_errors=True)
       raise
@@ -237,7 +233,6 @@ class Service:
   def open_live(self, image: str, name: str, settings: dict):
     """A LiveSession for a portrait file (settings: rate, emotion, w_audio, w_emotion, face, seed); UserError for a
     photo with no face, an unknown emotion, a full service or none with a live model."""
-    from playmate_jax.animate import live as live_lib
     if self.live_model is None:
       raise UserError("This service has no live model; start it with --live-checkpoint WORKDIR (a model trained "
                       "with configs/stage1.py:live).")
@@ -246,15 +241,7 @@ class Service:
         raise QueueFull(f"The service already runs {self.live_sessions} live sessions, its limit; try again later.")
       self.live_sessions += 1
     try:
-      label = None if not settings.get("emotion") else emotion_label(settings["emotion"])
-      pixels, face = find_portrait(image, face=settings.get("face"), face_models=self.animator.face_models,
-                                   report=lambda message: None)
-      portrait = self.animator.portrait(job_lib.Job(spec=None, image=pixels, face=face, wave=None, label=label,
-                                                    pose="generated"))
-      return live_lib.LiveSession(self.live_model, self.animator.renderer, portrait,
-                                  input_rate=int(settings.get("rate") or 16000), seed=int(settings.get("seed") or 0),
-                                  emotion=label, w_audio=settings.get("w_audio"), w_emotion=settings.get("w_emotion"),
-                                  stitching=self.animator.stitching)
+      return self.animator.live_session(self.live_model, image, settings)
     except BaseException as e:
       self.close_live()
       if isinstance(e, UserError):
@@ -304,21 +291,22 @@ class Service:
         self.store.save(self.records[i])
       self._run(ids, jobs)
 
-  def _run(self, ids: list[str], jobs: list[job_lib.Job]) -> None:
-    def on_frames(index: int, n: int) -> None:
+  def _run(self, ids: list[str], jobs: list) -> None:
+    window = int(self.animator.model.config.data.window)
+
+    def on_frames(index: int, n: int) -> bool:
+      """Progress of a job; True stops it (cancelled)."""
       record = self.records[ids[index]]
       record.motion_done = True
       record.frames_done += n
-      if record.first_fragment is None and os.path.exists(jobs[index].spec.stream) and \
-         record.frames_done > self.animator.model.config.data.window:
+      if record.first_fragment is None and record.frames_done > window:
         record.first_fragment = time.time()   # the writer cuts a fragment at each window's first frame
-      if ids[index] in self._cancel:
-        raise job_lib.Cancelled()
+      return ids[index] in self._cancel
 
     try:
       for index, result in self.animator.run(jobs, on_frames=on_frames):
         record = self.records[ids[index]]
-        if isinstance(result, job_lib.Cancelled):
+        if isinstance(result, Exception) and ids[index] in self._cancel:
           self._finish(record, "cancelled")
         elif isinstance(result, Exception):
           self._finish(record, "failed", str(result))
