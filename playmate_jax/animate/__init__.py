@@ -241,7 +241,7 @@ def video_pose(renderer, path: str, num_frames: int, batch_size: int = 64,
 
 
 def compose(source: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray], pose: str = "generated",
-            driving: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+            driving: Mapping[str, np.ndarray] | None = None, chunk: int | None = None) -> dict[str, np.ndarray]:
   """Per-frame motion to render (exp, rotation [T, 3, 3], t, scale, with pitch/yaw/roll): the generated
   expression with the head pose of `pose` — 'generated', 'fixed' (the portrait's own), or 'driven' by
   `driving` (a driving-pose dict [T], e.g. `video_pose` or `sweep_pose`, composed relative to its first frame)."""
@@ -254,13 +254,13 @@ def compose(source: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray
   elif pose == "driven":
     drv = dict(driving, exp=np.zeros((n, 21, 3), np.float32))
     first = {k: v[:1] for k, v in drv.items()}
-    rel = _per_frame(lambda d: _relative_motion(src, d, first), drv)
+    rel = _per_frame(lambda d: _relative_motion(src, d, first), drv, chunk=chunk)
     fields = {k: rel[k] for k in ("pitch", "yaw", "roll", "t", "scale", "rotation")}
   else:
     raise ValueError(f"pose {pose!r}: use generated, fixed or driven")
   out = dict(fields, exp=np.asarray(generated["exp"], np.float32))
   if "rotation" not in out:
-    out["rotation"] = _per_frame(_rotation_matrix, out["pitch"], out["yaw"], out["roll"])
+    out["rotation"] = _per_frame(_rotation_matrix, out["pitch"], out["yaw"], out["roll"], chunk=chunk)
   out["t"] = np.asarray(out["t"], np.float32).copy()
   out["t"][..., 2] = 0.0  # LivePortrait drops tz
   return out
@@ -315,14 +315,16 @@ def warm_up_render(renderer, portrait: Portrait, batch_size: int = 16, stitching
 PER_FRAME_CHUNK = 1500  # frames per call of the per-frame programs (60 s at 25 fps)
 
 
-def _per_frame(fn: Callable, *frames: Any) -> Any:
-  """fn(*frames) for arrays (or dicts of arrays) of frames [T, ...], PER_FRAME_CHUNK frames per call, the last chunk
-  padded with copies of its final frame: one compiled shape for audio of any length. Returns float32 numpy."""
+def _per_frame(fn: Callable, *frames: Any, chunk: int | None = None) -> Any:
+  """fn(*frames) for arrays (or dicts of arrays) of frames [T, ...], `chunk` frames per call (PER_FRAME_CHUNK by
+  default; a live session's window), the last chunk padded with copies of its final frame: one compiled shape for
+  audio of any length. Returns float32 numpy."""
+  chunk = chunk or PER_FRAME_CHUNK
   n = len(jax.tree.leaves(frames)[0])
   parts = []
-  for start in range(0, n, PER_FRAME_CHUNK):
-    m = min(PER_FRAME_CHUNK, n - start)
-    out = fn(*jax.tree.map(lambda a: pad_rows(np.asarray(a)[start:start + m], PER_FRAME_CHUNK), frames))
+  for start in range(0, n, chunk):
+    m = min(chunk, n - start)
+    out = fn(*jax.tree.map(lambda a: pad_rows(np.asarray(a)[start:start + m], chunk), frames))
     parts.append(jax.tree.map(lambda a: np.asarray(a, np.float32)[:m], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 

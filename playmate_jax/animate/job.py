@@ -188,7 +188,7 @@ class Animator:
     model = self.model
     blank = np.full((256, 256, 3), 128, np.uint8)
     face_finder.finder(self.face_models).find(blank)
-    portrait = self.portrait(Job(spec=None, image=blank, face=None, wave=None, label=None, pose="fixed"))
+    portrait = load_portrait(self.renderer, blank, None)
     self.warm_up(portrait)
     silence = np.zeros(model.config.data.window * 16000 // FPS, np.float32)
     for emotion in ((None, 0) if model.stage == 2 else (None,)):
@@ -205,8 +205,6 @@ class Animator:
     for idx in groups.values():
       first = jobs[idx[0]].spec
       model = self.motion_model(first.ddim_steps)
-      for label in (jobs[i].label for i in idx):
-        model.check_emotion(label)
       labels = None if jobs[idx[0]].label is None else [jobs[i].label for i in idx]
       motions = model.generate_many([jobs[i].wave for i in idx], [portraits[i].motion for i in idx],
                                     seed=first.seed, w_audio=first.w_audio, emotions=labels,

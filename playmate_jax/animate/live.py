@@ -180,9 +180,10 @@ class LiveSession:
                                     self.emotion, self.w_emotion)
     count = l if end is None else min(l, end - i * l)
     vec = np.asarray(x0)[0, :count]
-    fields = _per_frame(lambda v: _fields(v, self.mstats), vec)
+    # A window's rows, not PER_FRAME_CHUNK's 1500: the per-frame programs run once per window here.
+    fields = _per_frame(lambda v: _fields(v, self.mstats), vec, chunk=self.window)
     self._motion.append(fields)
-    frames = compose(self.portrait.motion, fields, "generated")
+    frames = compose(self.portrait.motion, fields, "generated", chunk=self.window)
     images = self._render(frames, count)
     first = self.frames_out
     self.frames_out += count
