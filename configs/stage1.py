@@ -88,6 +88,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"          # compute dtype; parameters stay float32
   c.model.attention = "auto"          # "auto" (cuDNN's fused kernel on a GPU in bf16/fp16, else "xla"), "xla", "cudnn"
   c.model.audio_lookahead = -1        # -1: offline (a window's whole audio); A >= 0: live, each frame sees A frames ahead
+  c.model.residual_dtype = "float32"  # what the residual stream between sub-layers is stored in: float32 or bfloat16
+  c.model.dropout_bits = 32           # 8: four dropout-mask elements per 32-bit random number; 32: one each
+  c.model.remat = False               # recompute each block's activations in the backward pass (less memory)
 
   # Diffusion: DDPM training (noise prediction), DDIM sampling with classifier-free guidance.
   c.diffusion = ml_collections.ConfigDict()
@@ -114,6 +117,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.b2 = 0.99
   c.optim.clip_norm = 1.0
   c.optim.ema_decay = 0.999
+  c.optim.flatten = False             # clipping and Adam on all gradients as one vector (fewer, larger kernels);
+                                      # a resumed run keeps the setting its checkpoints were written with
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 200_000

@@ -2,6 +2,7 @@
 
   python pipelines/benchmark.py {train,sample,render,audio,data,faces,serve,all} [--config=configs/stage1.py[:variant]]
       [--config.KEY=VALUE ...] [--steps N] [--repeats N] [--seconds S] [--json OUT] [--profile DIR]
+  train:  [--variant NAME:KEY=VALUE,KEY=VALUE ...]
   render: [--renderer WEIGHTS_DIR|random|random:tiny] [--batch-sizes 1,32] [--parts]
   audio:  [--weights WAV2VEC2_DIR|random] [--dtype bfloat16]
 
@@ -21,7 +22,10 @@ of one step (2 x the multiply-adds of every matmul and convolution of forward, b
 the step's jaxpr, loops times their trip count), beside XLA's own count (`xla_flops_per_step_per_device`, the
 cost_analysis of the compiled step: per device under SPMD, elementwise work included, library calls on a GPU
 not); `mfu` = flops_per_step / step time / (num_devices x `peak_tflops_measured`), the peak being a dense bf16
-matmul of `peak_matmul_size` (8192 on an accelerator, 1024 on a CPU; --peak-size) timed on one device. Also the
+matmul of `peak_matmul_size` (8192 on an accelerator, 1024 on a CPU; --peak-size) timed on one device.
+`--variant NAME:KEY=VALUE,...` (repeatable) adds the step under other config settings, compiled in turn and timed
+in turns with the base in one process (the figures then come per variant, and a table compares them); a variant
+with model.remat=true is credited with the FLOPs of the step without it (recomputation is not model work). Also the
 Grain input pipeline of the config's dataset alone (the `data` figures) and `loader_headroom` = loader samples/s
 / step samples/s (target on a GPU: >= 3); without a dataset the loader figures are n/a with `loader_skipped`.
 
@@ -69,6 +73,7 @@ The persistent compilation cache stays off here, so compile times are real compi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -122,68 +127,160 @@ def try_loader(config, batches: int) -> dict:
 TRAIN_GROUP = 5  # train steps per timed group
 
 
-def bench_train(config, steps: int, peak: dict, loader: dict | None = None, profile: str | None = None) -> dict:
-  """The train step on random batches; `peak` from measure_peak (for MFU), `loader` from try_loader (or None)."""
-  import jax
-  from playmate_jax import audio, configlib, generator, profiling
+class _TrainCase:
+  """One config's train step, built and compiled, with its state and batches (bench_train's unit)."""
+
+  def __init__(self, config, mesh, base: "_TrainCase | None" = None):
+    import jax
+    from playmate_jax import audio, configlib
+    from playmate_jax.train import mesh as mesh_lib
+    from playmate_jax.train import state as state_lib
+    from playmate_jax.train.trainer import build_components
+    configlib.validate(config, num_devices=mesh.size, process_count=jax.process_count())
+    self.config = config
+    audio_dim = audio.get_encoder(config.audio).feature_dim
+    self.parts = build_components(config, mesh, audio_dim)
+    abstract = state_lib.abstract_state(self.parts.model_fn, self.parts.tx, jax.random.key(0), mesh,
+                                        self.parts.trainable)
+    shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+    if base is not None and shapes(abstract["params"]) == shapes(base.state["params"]) and \
+        shapes(abstract.get("frozen")) == shapes(base.state.get("frozen")):
+      # The base's parameters, copied (each case donates its own state), with this case's optimizer state: the
+      # random initialization compiles slowly at paper scale, and the values do not change a step's cost.
+      import jax.numpy as jnp
+      params = jax.tree.map(jnp.copy, base.state["params"])
+      self.state = {"step": jnp.zeros((), jnp.int32), "params": params,
+                    "opt_state": jax.jit(self.parts.tx.init)(params),
+                    "ema_params": jax.tree.map(jnp.copy, params)}
+      if "frozen" in base.state:
+        self.state["frozen"] = jax.tree.map(jnp.copy, base.state["frozen"])
+    else:
+      self.state = state_lib.create_train_state(self.parts.model_fn, self.parts.tx, jax.random.key(0), mesh,
+                                                self.parts.trainable)
+    rng = np.random.default_rng(0)
+    self.batches = [mesh_lib.global_batch(random_batch(config, audio_dim, rng), mesh) for _ in range(4)]
+    self.key = jax.random.key(1)
+    # Model FLOPs: a rematerializing step's recomputed forward is work the model does not need, so it is counted
+    # on the same step without remat.
+    counted = self.parts
+    if config.model.remat:
+      plain = copy.deepcopy(config)
+      plain.model.remat = False
+      counted = build_components(plain, mesh, audio_dim)
+    self.flops = matmul_flops(counted.train_step, self.state, self.batches[0], self.key)
+    self.lowered = self.parts.train_step.lower(self.state, self.batches[0], self.key)
+    self.times, self.dispatch = [], []
+
+  def compile(self) -> "_TrainCase":
+    t0 = time.perf_counter()
+    self.step = self.lowered.compile()
+    self.compile_s = time.perf_counter() - t0
+    return self
+
+  def run(self, steps: int, record: bool = True):
+    """`steps` steps back to back, then one wait; records the mean step time and each step's dispatch time."""
+    import jax
+    t = time.perf_counter()
+    for i in range(steps):
+      d = time.perf_counter()
+      self.state, self.metrics = self.step(self.state, self.batches[i % 4], self.key)
+      if record:
+        self.dispatch.append(time.perf_counter() - d)
+    jax.block_until_ready(self.metrics)
+    if record:
+      self.times.append((time.perf_counter() - t) / steps)
+
+  def figures(self, mesh, peak: dict) -> dict:
+    import jax
+    from playmate_jax import generator
+    config = self.config
+    median, b, n = statistics.median(self.times), config.data.batch_size, mesh.size
+    memory = self.step.memory_analysis()
+    temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
+    return {
+        "device": jax.devices()[0].device_kind, "num_devices": n, "stage": config.stage, "batch_size": b,
+        "window": config.data.window, "prev_frames": config.data.prev_frames, "dtype": config.model.dtype,
+        "residual_dtype": config.model.residual_dtype, "dropout": config.model.dropout,
+        "dropout_bits": config.model.dropout_bits, "remat": config.model.remat,
+        "params": generator.count_params(self.state["params"]), "compile_s": self.compile_s,
+        **spread("step_ms", self.times), "dispatch_ms_median": statistics.median(self.dispatch) * 1e3,
+        "steps_per_s": 1.0 / median, "samples_per_s": b / median, "samples_per_s_per_device": b / median / n,
+        "flops_per_step": self.flops, "xla_flops_per_step_per_device": xla_flops(self.step),
+        "tflops_per_s": self.flops / median / 1e12,
+        **peak, "mfu": self.flops / median / (n * peak["peak_tflops_measured"] * 1e12),
+        "temp_memory_gib": None if temp is None else temp / 2**30,
+        "peak_memory_gib": peak_memory_gib(), "loss_finite": bool(np.isfinite(float(self.metrics["loss"]))),
+    }
+
+
+def bench_train(config, steps: int, peak: dict, loader: dict | None = None, profile: str | None = None,
+                variants: dict | None = None) -> dict:
+  """The train step on random batches; `peak` from measure_peak (for MFU), `loader` from try_loader (or None).
+
+  variants: {name: config} to compare with `config` (named "base") in the same process: each is compiled in
+  turn (a line on stderr says when), then all are timed in turns, a group of each in every round, so that a drift
+  of the device (clocks, temperature) reaches them alike; the result is then {name: figures} with "base" first,
+  and with `profile` each is traced to profile/NAME."""
+  from playmate_jax import profiling
   from playmate_jax.train import mesh as mesh_lib
-  from playmate_jax.train import state as state_lib
-  from playmate_jax.train.trainer import build_components
 
   mesh = mesh_lib.make_mesh()
-  configlib.validate(config, num_devices=mesh.size, process_count=jax.process_count())
-  audio_dim = audio.get_encoder(config.audio).feature_dim
-  parts = build_components(config, mesh, audio_dim)
-  state = state_lib.create_train_state(parts.model_fn, parts.tx, jax.random.key(0), mesh, parts.trainable)
-  rng = np.random.default_rng(0)
-  batches = [mesh_lib.global_batch(random_batch(config, audio_dim, rng), mesh) for _ in range(4)]
-  key = jax.random.key(1)
-
-  flops = matmul_flops(parts.train_step, state, batches[0], key)
-  t0 = time.perf_counter()
-  step = parts.train_step.lower(state, batches[0], key).compile()
-  compile_s = time.perf_counter() - t0
-
-  for i in range(3):  # warm-up
-    state, metrics = step(state, batches[i % 4], key)
-  jax.block_until_ready(metrics)
+  configs = {"base": config, **(variants or {})}
+  cases = {}
+  for name, c in configs.items():
+    t0 = time.perf_counter()
+    cases[name] = _TrainCase(c, mesh, cases.get("base")).compile()
+    print(f"[train] {name}: built in {time.perf_counter() - t0 - cases[name].compile_s:.1f} s, compiled in "
+          f"{cases[name].compile_s:.1f} s", file=sys.stderr, flush=True)
+  for case in cases.values():   # warm-up
+    case.run(3, record=False)
   # Steps run back to back, as the training loop runs them (it never waits for a step), so the host's dispatch of
   # one step overlaps the device's work on the one before. They are timed in groups of TRAIN_GROUP, each ended by
   # one wait; a group's time / TRAIN_GROUP is one sample of step_ms. dispatch_ms: the host's time in the call.
-  times, dispatch = [], []
-  for g in range(max(1, steps // TRAIN_GROUP)):
-    t = time.perf_counter()
-    for i in range(TRAIN_GROUP):
-      d = time.perf_counter()
-      state, metrics = step(state, batches[(g * TRAIN_GROUP + i) % 4], key)
-      dispatch.append(time.perf_counter() - d)
-    jax.block_until_ready(metrics)
-    times.append((time.perf_counter() - t) / TRAIN_GROUP)
+  for _ in range(max(1, steps // TRAIN_GROUP)):
+    for case in cases.values():
+      case.run(TRAIN_GROUP)
+  if variants:
+    print("[train] timed: " + ", ".join(f"{name} {statistics.median(c.times) * 1e3:.2f} ms"
+                                         for name, c in cases.items()), file=sys.stderr, flush=True)
   if profile:
-    with profiling.trace(profile):
-      for i in range(3):
-        state, metrics = step(state, batches[i % 4], key)
-      jax.block_until_ready(metrics)
-  median, b, n = statistics.median(times), config.data.batch_size, mesh.size
-  result = {
-      "device": jax.devices()[0].device_kind, "num_devices": n, "stage": config.stage, "batch_size": b,
-      "window": config.data.window, "prev_frames": config.data.prev_frames, "dtype": config.model.dtype,
-      "params": generator.count_params(state["params"]), "compile_s": compile_s, **spread("step_ms", times),
-      "dispatch_ms_median": statistics.median(dispatch) * 1e3,
-      "steps_per_s": 1.0 / median, "samples_per_s": b / median, "samples_per_s_per_device": b / median / n,
-      "flops_per_step": flops, "xla_flops_per_step_per_device": xla_flops(step),
-      "tflops_per_s": flops / median / 1e12,
-      **peak, "mfu": flops / median / (n * peak["peak_tflops_measured"] * 1e12),
-      "peak_memory_gib": peak_memory_gib(), "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
-  }
+    for name, case in cases.items():
+      with profiling.trace(profile if variants is None else os.path.join(profile, name)):
+        case.run(3, record=False)
+  results = {name: case.figures(mesh, peak) for name, case in cases.items()}
   if loader is not None:
-    skipped = loader.get("skipped")
-    result["loader_batches_per_s"] = None if skipped else loader["batches_per_s"]
-    result["loader_samples_per_s"] = None if skipped else loader["samples_per_s"]
-    result["loader_headroom"] = None if skipped else loader["samples_per_s"] / result["samples_per_s"]
-    if skipped:
-      result["loader_skipped"] = skipped
-  return result
+    for result in results.values():
+      skipped = loader.get("skipped")
+      result["loader_batches_per_s"] = None if skipped else loader["batches_per_s"]
+      result["loader_samples_per_s"] = None if skipped else loader["samples_per_s"]
+      result["loader_headroom"] = None if skipped else loader["samples_per_s"] / result["samples_per_s"]
+      if skipped:
+        result["loader_skipped"] = skipped
+  return results if variants else results["base"]
+
+
+def parse_variants(specs: list[str], config) -> dict:
+  """--variant NAME:KEY=VALUE,KEY=VALUE ... -> {NAME: a copy of config with those config overrides}."""
+  from playmate_jax import configlib
+  variants = {}
+  for spec in specs:
+    name, sep, body = spec.partition(":")
+    if not sep or not name or name == "base" or name in variants:
+      raise UserError(f"--variant {spec!r}: write NAME:KEY=VALUE[,KEY=VALUE...] with a new name other than base.")
+    pairs = [f"--config.{item.strip()}" for item in body.split(",") if item.strip()]
+    variants[name] = configlib.apply_overrides(copy.deepcopy(config), configlib.parse_overrides(pairs))
+  return variants
+
+
+def print_variants(results: dict) -> None:
+  """The variants side by side: step time, its change against base, MFU, compile time and temporary memory."""
+  base = results["base"]["step_ms_median"]
+  print(f"\n{'variant':<16} {'step ms':>9} {'IQR':>6} {'vs base':>8} {'samples/s':>10} {'MFU':>6} "
+        f"{'compile s':>9} {'temp GiB':>8}")
+  for name, r in results.items():
+    temp = "n/a" if r["temp_memory_gib"] is None else f"{r['temp_memory_gib']:.2f}"
+    print(f"{name:<16} {r['step_ms_median']:9.2f} {r['step_ms_iqr']:6.2f} {r['step_ms_median'] / base:8.3f} "
+          f"{r['samples_per_s']:10,.0f} {r['mfu']:6.1%} {r['compile_s']:9.1f} {temp:>8}")
 
 
 def bench_sample(config, seconds: float, repeats: int, profile: str | None = None) -> dict:
@@ -276,10 +373,15 @@ def print_table(figures: dict) -> None:
 def print_top_ops(folder: str, n: int = 25) -> None:
   """The device ops that took the most time in each trace written under `folder` (also to DIR/PART/top_ops.txt)."""
   from playmate_jax import profiling
+  dirs = []
   for part in ("train", "sample"):
     trace_dir = os.path.join(folder, part)
-    if not os.path.isdir(trace_dir):
-      continue
+    if os.path.isdir(os.path.join(trace_dir, "plugins")):
+      dirs.append((part, trace_dir))
+    elif os.path.isdir(trace_dir):   # train --variant: one trace per variant
+      dirs += [(f"{part} {name}", os.path.join(trace_dir, name)) for name in sorted(os.listdir(trace_dir))
+               if os.path.isdir(os.path.join(trace_dir, name, "plugins"))]
+  for part, trace_dir in dirs:
     lines = [str(row) for row in profiling.top_ops(trace_dir, n)]
     lines += ["-- by kernel:"] + [str(row) for row in profiling.top_ops(trace_dir, n, line="kernels")]
     lines += ["-- kernels by class:"] + [str(row) for row in profiling.kernel_classes(trace_dir)]
@@ -307,6 +409,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--loader-batches", type=int, default=50, help="timed batches (data, train)")
   parser.add_argument("--peak-size", type=int, default=None, help="size of the peak matmul (train)")
   parser.add_argument("--profile", default=None, help="write a jax.profiler trace here (train, sample)")
+  parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                      help="train: also time the config with these overrides (repeatable), in turns with the base")
   parser.add_argument("--jobs", type=int, default=4, help="jobs submitted together, then one by one (serve)")
   parser.add_argument("--max-batch", type=int, default=4, help="jobs batched in one motion call (serve)")
   parser.add_argument("--render-batch", type=int, default=16, help="frames per renderer call (serve)")
@@ -319,6 +423,8 @@ def main(argv: list[str]) -> int:
 
   def run():
     from playmate_jax import configlib
+    if args.variant and args.what != "train":
+      raise UserError(f"--variant is for `benchmark.py train`, not `{args.what}`.")
     config = None
     if args.what in ("train", "sample", "data", "all", "serve"):
       if not args.config:
@@ -336,7 +442,8 @@ def main(argv: list[str]) -> int:
     if "train" in parts:
       peak = measure_peak(args.peak_size)
       figures["train"] = bench_train(config, pick(args.steps, 30, 30), peak, loader,
-                                     args.profile and os.path.join(args.profile, "train"))
+                                     args.profile and os.path.join(args.profile, "train"),
+                                     parse_variants(args.variant, config) if args.what == "train" else None)
     if "sample" in parts:
       figures["sample"] = bench_sample(config, pick(args.seconds, 4.0, 60.0), args.repeats,
                                        args.profile and os.path.join(args.profile, "sample"))
@@ -357,6 +464,8 @@ def main(argv: list[str]) -> int:
       figures["audio"] = bench_audio(args.weights, pick(args.seconds, 2.0, 3600.0), dtype, args.repeats)
     figures = {part: figures[part] for part in PARTS} if args.what == "all" else figures[args.what]
     print_table(figures)
+    if args.what == "train" and args.variant:
+      print_variants(figures)
     if args.json:
       with open(args.json, "w") as f:
         json.dump(figures, f, indent=2)

@@ -114,6 +114,9 @@ ADDED_FIELDS = {
     "model.attention": "auto",
     # One window per clip read.
     "data.windows_per_clip": 1,
+    # The training-speed settings came later: earlier runs kept a float32 residual stream, drew each dropout mask
+    # element from a 32-bit number and kept every activation for the backward pass.
+    "model.residual_dtype": "float32", "model.dropout_bits": 32, "model.remat": False, "optim.flatten": False,
 }
 ADDED_STAGE2_FIELDS = {
     # pipelines/evaluate.py's emotion classifier: train_classifier's own settings, on every labelled train clip.
@@ -196,6 +199,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   need(m.audio_lookahead < 0 or config.audio.encoder == "mel",
        "A live model (config.model.audio_lookahead >= 0) needs config.audio.encoder='mel': wav2vec2 and HuBERT "
        "attend over whole chunks of the recording, so their features have no bounded look-ahead.")
+  need(m.residual_dtype in ("float32", "bfloat16"),
+       f"config.model.residual_dtype={m.residual_dtype!r} is not supported; use float32 or bfloat16.")
+  need(m.dropout_bits in (8, 32), f"config.model.dropout_bits={m.dropout_bits} must be 8 or 32.")
   need(m.attention in ATTENTION_KERNELS,
        f"config.model.attention={m.attention!r} is unknown; use one of {', '.join(ATTENTION_KERNELS)}.")
   need(0.0 <= m.audio_drop_prob < 1.0, f"config.model.audio_drop_prob={m.audio_drop_prob} must be in [0, 1).")

@@ -107,6 +107,26 @@ def test_stage2_train_benchmark_without_dataset(tmp_path):
   assert "data_dir" in figures["loader_skipped"] and "loader_skipped" in stdout
 
 
+def test_train_variants_timed_in_one_process(tmp_path):
+  """--variant: the base and each variant are built, compiled and timed in turns in one process; each has its own
+  figures (the one that trains 512 windows a step has twice the FLOPs), and a table compares them."""
+  figures, stdout = run_benchmark(tmp_path, "train", "--config=configs/stage1.py:tiny", "--steps=5",
+                                  "--variant", "rb:model.residual_dtype=bfloat16,model.dropout_bits=8",
+                                  "--variant", "b16:data.batch_size=16,optim.flatten=true",
+                                  "--variant", "remat:model.remat=true")
+  assert list(figures) == ["base", "rb", "b16", "remat"]
+  assert figures["rb"]["residual_dtype"] == "bfloat16" and figures["rb"]["dropout_bits"] == 8
+  assert all(f["loss_finite"] and f["step_ms_median"] > 0 for f in figures.values())
+  assert figures["b16"]["batch_size"] == 2 * figures["base"]["batch_size"]
+  assert close(figures["b16"]["flops_per_step"], 2 * figures["base"]["flops_per_step"], 1e-3)
+  assert figures["remat"]["flops_per_step"] == figures["base"]["flops_per_step"]   # recomputation is not counted
+  table = stdout[stdout.index("variant "):].splitlines()
+  assert [row.split()[0] for row in table[1:5]] == ["base", "rb", "b16", "remat"]
+  assert table[1].split()[3] == "1.000"                                             # base against itself
+  bad = run_benchmark(tmp_path, "train", "--config=configs/stage1.py:tiny", "--variant", "nocolon", check=False)
+  assert bad.returncode == 2 and "NAME:KEY=VALUE" in bad.stderr and bad.stderr.count("\n") == 1
+
+
 def test_data_benchmark_without_dataset_fails_clearly(tmp_path):
   result = run_benchmark(tmp_path, "data", "--config=configs/stage1.py", check=False)
   assert result.returncode == 2

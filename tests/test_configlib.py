@@ -142,6 +142,9 @@ def test_trainer_reads_the_workdir_config_through_configlib(tmp_path):
   write_json(tmp_path / "config.json", saved)
   with pytest.raises(UserError, match="config.data.windows_per_clip=1"):   # what the old config means
     Trainer(tiny(**{"data.windows_per_clip": 2}), str(tmp_path), mesh=mesh)
+  with pytest.raises(UserError, match=r"config.optim.flatten=False, and the optimizer's saved state depends on it; "
+                                      r"resume with --config.optim.flatten=False"):   # an old run: tree moments
+    Trainer(tiny(**{"optim.flatten": True}), str(tmp_path), mesh=mesh)
   saved["model"]["dtype"] = "int8"
   write_json(tmp_path / "config.json", saved)
   with pytest.raises(UserError, match=r"^Config .*config\.json: config\.model\.dtype='int8' is not supported"):

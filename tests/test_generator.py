@@ -135,12 +135,69 @@ def test_dropout_only_with_key():
   assert not np.allclose(run(model, inp, dropout_key=k1), run(model, inp))
 
 
+def test_bf16_residual_stream_matches_fp32():
+  """model.residual_dtype=bfloat16 stores the stream between sub-layers in bf16 (halving its bytes) and changes the
+  output only by bf16 rounding; the stage-2 controller's stream too."""
+  model32 = perturb(MotionDiT(tiny_config().model, audio_dim=D, audio_context=C, emotion_depth=1, rngs=nnx.Rngs(0)))
+  model16 = MotionDiT(tiny_config(residual_dtype="bfloat16").model, audio_dim=D, audio_context=C, emotion_depth=1,
+                      rngs=nnx.Rngs(0))
+  nnx.update(model16, nnx.state(model32, nnx.Param))
+  inp = dict(inputs(), emotion=jnp.asarray([1, 3]))
+  out32, out16 = run(model32, inp), run(model16, inp)
+  assert out16.dtype == jnp.float32
+  rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+  assert 0 < rel < 0.03, rel
+  stream = f"bf16[2,{K + L},{CFG.model.dim}]"          # the trunk's stream really is stored in bf16
+  assert stream in str(jax.make_jaxpr(lambda i: model16(**i))(inp))
+  assert stream not in str(jax.make_jaxpr(lambda i: model32(**i))(inp))
+
+
+@pytest.mark.parametrize("d", [512, 30])
+def test_dropout_8_bit_masks(d):
+  """dropout_bits=8: four mask elements per 32-bit draw; the kept share is round(0.9 * 256) / 256 and the kept values
+  are scaled so that the mean is unchanged; a key gives one mask, another key another."""
+  from playmate_jax.generator.dit import dropout
+  x = jnp.ones((16, 90, d), jnp.bfloat16)
+  y = np.asarray(dropout(x, 0.1, jax.random.key(0), bits=8), np.float32)
+  kept = y != 0
+  assert abs(kept.mean() - 230 / 256) < 0.01
+  np.testing.assert_allclose(y[kept], 256 / 230, rtol=1e-2)            # bf16 rounding of the scale
+  assert abs(y.mean() - 1.0) < 0.02
+  np.testing.assert_array_equal(y, np.asarray(dropout(x, 0.1, jax.random.key(0), bits=8), np.float32))
+  assert (y != np.asarray(dropout(x, 0.1, jax.random.key(1), bits=8), np.float32)).mean() > 0.1
+  assert kept[..., :4].mean() > 0.8 and kept[..., -4:].mean() > 0.8    # every lane of the packed bytes is used
+  y32 = np.asarray(dropout(x, 0.1, jax.random.key(0), bits=32), np.float32)
+  assert abs((y32 != 0).mean() - 0.9) < 0.01
+
+
+def test_remat_same_loss_and_gradients():
+  """model.remat recomputes each block in the backward pass: the same loss and gradients as keeping activations."""
+  def loss_and_grads(remat: bool):
+    model = perturb(make_model(tiny_config(remat=remat, dropout=0.2)))
+    inp = inputs()
+    params = nnx.state(model, nnx.Param)
+    graphdef = nnx.graphdef(model)
+
+    def loss(p):
+      return jnp.mean(jnp.square(nnx.merge(graphdef, p)(**inp, dropout_key=jax.random.key(3))))
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (l0, g0), (l1, g1) = loss_and_grads(False), loss_and_grads(True)
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
+  assert float(l0) > 0
+
+
 def test_config_errors():
   """The model's settings are checked by configlib.validate, before any model is built."""
   with pytest.raises(UserError, match="num_heads"):
     configlib.validate(tiny_config(num_heads=3))
   with pytest.raises(UserError, match="dtype"):
     configlib.validate(tiny_config(dtype="int8"))
+  with pytest.raises(UserError, match="residual_dtype"):
+    configlib.validate(tiny_config(residual_dtype="float16"))
+  with pytest.raises(UserError, match="dropout_bits"):
+    configlib.validate(tiny_config(dropout_bits=16))
 
 
 def test_paper_scale_parameter_count():

@@ -111,3 +111,27 @@ def test_two_processes_train_and_checkpoint(tmp_path):
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
   params, step = final_params(tmp_path)
   assert step == 6 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_flat_optimizer_is_the_same_arithmetic():
+  """optim.flatten runs clipping and Adam on one vector of all gradients: the same updates as per parameter array
+  (the global norm summed in another order), with the moments stored as vectors."""
+  import optax
+  from playmate_jax.train import state as state_lib
+  rng = np.random.default_rng(0)
+  params = {"a": {"kernel": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
+                  "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32)},
+            "b": jnp.asarray(rng.normal(size=(3, 4, 2)), jnp.float32)}
+  grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) * 3, jnp.float32), params) for _ in range(4)]
+  results = {}
+  for flat in (False, True):   # gradients large enough that clipping acts
+    tx = state_lib.make_optimizer(tiny_config(**{"optim.flatten": flat, "optim.warmup_steps": 1}))
+    p, opt = params, tx.init(params)
+    for g in grads:
+      updates, opt = tx.update(g, opt, p)
+      p = optax.apply_updates(p, updates)
+    results[flat] = p, opt
+  assert_trees_close(results[False][0], results[True][0], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(results[True][0]["b"], params["b"])
+  flat_leaves = jax.tree.leaves(results[True][1])
+  assert max(x.size for x in flat_leaves) == 8 * 5 + 5 + 3 * 4 * 2     # the moments are vectors of every parameter

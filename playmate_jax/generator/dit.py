@@ -4,8 +4,9 @@ Tokens: K previous-motion frames, then L current frames (noisy motion + audio em
 positions and a learned segment embedding. The conditioning vector (timestep + identity) modulates every block
 and the final norm with adaLN-Zero. Stage 2 adds the emotion controller: transformer blocks over the trunk's
 features plus an emotion embedding, whose output is added to the features the Exp-MLP reads (the Pose-MLP reads
-the trunk's alone). Computation runs in `model_cfg.dtype`; parameters, the residual stream, norms, the attention
-softmax and the output are float32.
+the trunk's alone). Computation runs in `model_cfg.dtype`; parameters, norms (their statistics), the attention
+softmax and the output are float32; the residual stream is stored in `model_cfg.residual_dtype` (each gated sum
+is formed in float32, then stored).
 
 The model config is the one `configlib.validate` passed (dtype, attention kernel, heads dividing dim): not
 checked again here.
@@ -50,10 +51,23 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1.0 + scale[:, None]) + shift[:, None]
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-  """Inverted dropout; identity when key is None or rate is 0."""
+def dropout(x: jax.Array, rate: float, key: jax.Array | None, bits: int = 32) -> jax.Array:
+  """Inverted dropout; identity when key is None or rate is 0.
+
+  bits=32: each element kept with probability 1 - rate, from one 32-bit draw of its own (jax.random.bernoulli).
+  bits=8: each element kept when a random byte is below round((1 - rate) * 256), four bytes from each 32-bit
+  threefry word, so the masks cost a quarter of the random numbers; the kept share is that threshold / 256 (0.8984
+  for rate 0.1) and the kept values are scaled by its inverse, so the expectation is still x. Rates the bytes
+  cannot express (a threshold of 0 or 256) fall back to bits=32.
+  """
   if key is None or rate <= 0.0:
     return x
+  threshold = round((1.0 - rate) * 256)
+  if bits == 8 and 1 <= threshold <= 255:
+    lead, d = x.shape[:-1], x.shape[-1]
+    words = jax.random.bits(key, (*lead, -(-d // 4)), jnp.uint32)
+    draws = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(*lead, -1)[..., :d]
+    return jnp.where(draws < threshold, x * (256.0 / threshold), 0).astype(x.dtype)
   keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
@@ -61,6 +75,19 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 def compute_dtype(model_cfg: Any) -> Any:
   """config.model.dtype as a JAX dtype."""
   return _DTYPES[model_cfg.dtype]
+
+
+def residual_dtype(model_cfg: Any) -> Any:
+  """config.model.residual_dtype as a JAX dtype: what the residual stream between sub-layers is stored in."""
+  return _DTYPES[model_cfg.residual_dtype]
+
+
+def gated_sum(x: jax.Array, h: jax.Array, gate: jax.Array | None = None) -> jax.Array:
+  """x + gate * h formed in float32 and stored in x's dtype (the residual stream's); gate [B, D] per sample."""
+  h = h.astype(jnp.float32)
+  if gate is not None:
+    h = gate[:, None] * h
+  return (x.astype(jnp.float32) + h).astype(x.dtype)
 
 
 def attention_kernel(model_cfg: Any) -> str:
@@ -150,9 +177,10 @@ class ConformerBlock(nnx.Module):
   """[adaLN] attention -> [adaLN] conv module -> [adaLN] feed-forward, each gated (adaLN-Zero)."""
 
   def __init__(self, dim: int, num_heads: int, mlp_ratio: float, conv_kernel: int, dropout_rate: float, *,
-               dtype: Any, rngs: nnx.Rngs, attention: str = "xla", causal: bool = False):
+               dtype: Any, rngs: nnx.Rngs, attention: str = "xla", causal: bool = False, dropout_bits: int = 32):
     self.dtype = dtype
     self.dropout_rate = dropout_rate
+    self.dropout_bits = dropout_bits
     # shift, scale, gate for each of the 3 sub-layers; zero-init so the block starts as the identity.
     self.ada = nnx.Linear(dim, 9 * dim, kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
     self.attn = SelfAttention(dim, num_heads, dtype=dtype, rngs=rngs, kernel=attention, causal=causal)
@@ -160,7 +188,7 @@ class ConformerBlock(nnx.Module):
     self.ffn = FeedForward(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, c: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-    """x: float32 residual stream [B, N, D]; c: silu(conditioning) [B, D] float32."""
+    """x: residual stream [B, N, D] (float32 or bfloat16); c: silu(conditioning) [B, D] float32."""
     return self.modulated(x, self.ada(c), dropout_key)
 
   def modulated(self, x: jax.Array, ada: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
@@ -170,8 +198,7 @@ class ConformerBlock(nnx.Module):
     for i, layer in enumerate((self.attn, self.conv, self.ffn)):
       shift, scale, gate = mods[3 * i:3 * i + 3]
       h = layer(modulate(layer_norm(x), shift, scale).astype(self.dtype))
-      h = dropout(h, self.dropout_rate, keys[i])
-      x = x + gate[:, None] * h.astype(jnp.float32)
+      x = gated_sum(x, dropout(h, self.dropout_rate, keys[i], self.dropout_bits), gate)
     return x
 
 
@@ -187,12 +214,13 @@ class MLPHead(nnx.Module):
 
 
 class TransformerBlock(nnx.Module):
-  """Pre-norm self-attention and feed-forward, each residual, over a float32 residual stream."""
+  """Pre-norm self-attention and feed-forward, each residual, over the residual stream (float32 or bfloat16)."""
 
   def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout_rate: float, *, dtype: Any,
-               rngs: nnx.Rngs, attention: str = "xla", causal: bool = False):
+               rngs: nnx.Rngs, attention: str = "xla", causal: bool = False, dropout_bits: int = 32):
     self.dtype = dtype
     self.dropout_rate = dropout_rate
+    self.dropout_bits = dropout_bits
     self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
     self.attn = SelfAttention(dim, num_heads, dtype=dtype, rngs=rngs, kernel=attention, causal=causal)
     self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
@@ -201,8 +229,7 @@ class TransformerBlock(nnx.Module):
   def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
     keys = [None] * 2 if dropout_key is None else list(jax.random.split(dropout_key, 2))
     for norm, layer, key in ((self.norm1, self.attn, keys[0]), (self.norm2, self.ffn, keys[1])):
-      h = dropout(layer(norm(x).astype(self.dtype)), self.dropout_rate, key)
-      x = x + h.astype(jnp.float32)
+      x = gated_sum(x, dropout(layer(norm(x).astype(self.dtype)), self.dropout_rate, key, self.dropout_bits))
     return x
 
 
@@ -215,20 +242,30 @@ class EmotionController(nnx.Module):
   """
 
   def __init__(self, dim: int, num_heads: int, mlp_ratio: float, depth: int, dropout_rate: float, *, dtype: Any,
-               rngs: nnx.Rngs, attention: str = "xla", causal: bool = False):
+               rngs: nnx.Rngs, attention: str = "xla", causal: bool = False, dropout_bits: int = 32,
+               residual: Any = jnp.float32):
     self.dtype = dtype
+    self.residual = residual
     self.embedding = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (len(EMOTIONS) + 1, dim), jnp.float32))
     self.blocks = nnx.List([TransformerBlock(dim, num_heads, mlp_ratio, dropout_rate, dtype=dtype, rngs=rngs,
-                                             attention=attention, causal=causal) for _ in range(depth)])
+                                             attention=attention, causal=causal, dropout_bits=dropout_bits)
+                            for _ in range(depth)])
     self.out = nnx.Linear(dim, dim, kernel_init=_zeros, bias_init=_zeros, dtype=dtype, rngs=rngs)
 
   def __call__(self, h: jax.Array, emotion: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
     """h: trunk features [B, L, dim]; emotion [B] int (0..7, or NULL_EMOTION) -> residual [B, L, dim] float32."""
     row = jnp.where(emotion < 0, len(EMOTIONS), emotion)
-    x = h.astype(jnp.float32) + self.embedding[...][row][:, None]
+    x = (h.astype(jnp.float32) + self.embedding[...][row][:, None]).astype(self.residual)
     for i, block in enumerate(self.blocks):
       x = block(x, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
     return self.out(x.astype(self.dtype)).astype(jnp.float32)
+
+
+def _run_block(block: ConformerBlock, x: jax.Array, ada: jax.Array, key: jax.Array | None) -> jax.Array:
+  return block.modulated(x, ada, key)
+
+
+_remat_block = nnx.remat(_run_block)
 
 
 class MotionDiT(nnx.Module):
@@ -248,6 +285,9 @@ class MotionDiT(nnx.Module):
     attention = attention_kernel(model_cfg)
     self.dim = dim
     self.dtype = dtype
+    self.residual = residual_dtype(model_cfg)
+    self.remat = bool(model_cfg.remat)
+    bits = int(model_cfg.dropout_bits)
     self.audio_dim = audio_dim
     self.audio_context = audio_context
     self.lookahead = int(model_cfg.audio_lookahead)
@@ -267,14 +307,15 @@ class MotionDiT(nnx.Module):
     self.identity_in = nnx.Linear(IDENTITY_DIM, dim, rngs=rngs)
     self.blocks = nnx.List([
         ConformerBlock(dim, model_cfg.num_heads, model_cfg.mlp_ratio, model_cfg.conv_kernel, model_cfg.dropout,
-                       dtype=dtype, rngs=rngs, attention=attention, causal=causal) for _ in range(model_cfg.depth)])
+                       dtype=dtype, rngs=rngs, attention=attention, causal=causal, dropout_bits=bits)
+        for _ in range(model_cfg.depth)])
     self.final_ada = nnx.Linear(dim, 2 * dim, kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
     self.pose_head = MLPHead(dim, model_cfg.head_hidden, POSE_DIM, dtype=dtype, rngs=rngs)
     self.exp_head = MLPHead(dim, model_cfg.head_hidden, EXP_DIM, dtype=dtype, rngs=rngs)
     # Stage 2 only; its attribute name is EMOTION_PARAMS.
     self.emotion = EmotionController(dim, model_cfg.num_heads, model_cfg.mlp_ratio, emotion_depth, model_cfg.dropout,
-                                     dtype=dtype, rngs=rngs, attention=attention,
-                                     causal=causal) if emotion_depth > 0 else None
+                                     dtype=dtype, rngs=rngs, attention=attention, causal=causal, dropout_bits=bits,
+                                     residual=self.residual) if emotion_depth > 0 else None
 
   def condition(self, t: jax.Array, identity: jax.Array) -> jax.Array:
     """Conditioning vector [B, dim] float32 = MLP(timestep features) + Linear(identity)."""
@@ -321,8 +362,12 @@ class MotionDiT(nnx.Module):
                        f"{l + 2 * self.audio_context}.")
     cur = (self.motion_in(x_t.astype(self.dtype)) + audio_embedding).astype(jnp.float32) + self.segment[...][1]
     x = jnp.concatenate([prev_tokens, cur + sinusoidal_embedding(jnp.arange(k, k + l), self.dim)], axis=1)
+    x = x.astype(self.residual)
+    # model.remat: each block's activations are recomputed in the backward pass instead of kept (less memory, more
+    # work; BENCHMARKS.md measures both).
+    run = _remat_block if self.remat else _run_block
     for i, block in enumerate(self.blocks):
-      x = block.modulated(x, mods[i], None if dropout_key is None else jax.random.fold_in(dropout_key, i))
+      x = run(block, x, mods[i], None if dropout_key is None else jax.random.fold_in(dropout_key, i))
     shift, scale = jnp.split(mods[-1], 2, axis=-1)
     return modulate(layer_norm(x[:, k:]), shift, scale)
 

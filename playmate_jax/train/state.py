@@ -37,11 +37,22 @@ def _decay_mask(params):
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW (decay on matrices only) on the config's learning-rate schedule.
+
+  optim.flatten: the clipping and Adam's moments work on all gradients joined into one vector (optax.flatten),
+  so the step runs a few large kernels there instead of a few per parameter array. The same arithmetic (only the
+  global norm's summation order differs); the moments are then stored as two vectors, so a checkpoint restores
+  only under the setting it was written with."""
   o = config.optim
+  schedule = learning_rate_schedule(o, config.train.num_steps)
+  if o.flatten:
+    return optax.chain(
+        optax.flatten(optax.chain(optax.clip_by_global_norm(o.clip_norm), optax.scale_by_adam(b1=o.b1, b2=o.b2))),
+        optax.add_decayed_weights(o.weight_decay, _decay_mask),
+        optax.scale_by_learning_rate(schedule))
   return optax.chain(
       optax.clip_by_global_norm(o.clip_norm),
-      optax.adamw(learning_rate_schedule(o, config.train.num_steps), b1=o.b1, b2=o.b2,
-                  weight_decay=o.weight_decay, mask=_decay_mask))
+      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=_decay_mask))
 
 
 def split_params(params: dict, trainable: tuple[str, ...]) -> tuple[dict, dict]:

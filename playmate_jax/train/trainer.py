@@ -113,9 +113,10 @@ def _check_workdir_stage(workdir: str, previous: ml_collections.ConfigDict | Non
                     "--workdir (stage 2 reads stage 1 through --config.init_from).")
 
 
-# config.data settings a resumed run must keep: Grain's saved iterator state only restores under the same worker
-# count (another count fails inside Grain), and the windows per clip decide what its indices mean.
-RESUME_SETTINGS = ("worker_count", "windows_per_clip")
+# Settings a resumed run must keep: Grain's saved iterator state only restores under the same worker count (another
+# count fails inside Grain), the windows per clip decide what its indices mean, and optim.flatten decides the
+# layout of the optimizer's saved moments.
+RESUME_SETTINGS = ("data.worker_count", "data.windows_per_clip", "optim.flatten")
 
 
 def _check_resume_settings(workdir: str, previous: ml_collections.ConfigDict | None,
@@ -125,11 +126,11 @@ def _check_resume_settings(workdir: str, previous: ml_collections.ConfigDict | N
   if previous is None or not (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))):
     return
   for key in RESUME_SETTINGS:
-    was, now = previous.data[key], config.data[key]
+    was, now = _setting(previous, key), _setting(config, key)
     if was != now:
-      raise UserError(f"Workdir {workdir} holds checkpoints written with config.data.{key}={was}, and the data "
-                      f"iterator's saved state depends on it; resume with --config.data.{key}={was} (or start "
-                      "a new --workdir).")
+      what = "the optimizer's saved state" if key.startswith("optim.") else "the data iterator's saved state"
+      raise UserError(f"Workdir {workdir} holds checkpoints written with config.{key}={was}, and {what} depends "
+                      f"on it; resume with --config.{key}={was} (or start a new --workdir).")
 
 
 def _check_init_from(workdir: str, config: ml_collections.ConfigDict) -> None:
