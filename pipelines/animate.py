@@ -5,7 +5,7 @@
                               [--pose generated|fixed|sweep|video:FILE] [--out OUT.mp4] [--paste-back] [--no-crop]
                               [--face N] [--face-models LIVEPORTRAIT_WEIGHTS_DIR]
                               [--w-audio 1.5] [--w-emotion 1.5] [--ddim-steps 25] [--seed 0]
-                              [--batch-size 16] [--dtype float32|bfloat16] [--no-stitching]
+                              [--batch-size N] [--dtype float32|bfloat16] [--no-stitching]
 
 - The portrait's face is found (the largest, or --face N; a photo with no human face stops here, before anything
   heavy) and cropped as LivePortrait crops it, from its landmarks (--no-crop: the image already is a crop); its
@@ -64,7 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--w-emotion", type=float, default=None, help="emotion guidance weight (default: the config's)")
   p.add_argument("--ddim-steps", type=int, default=None, help="DDIM steps (default: the config's)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")
+  p.add_argument("--batch-size", type=int, default=None,
+                    help="frames per renderer call (default: the largest of 16, 8, 4, 2, 1 whose render program fits the GPU's free memory; 16 on a CPU)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="renderer compute dtype")
   p.add_argument("--no-stitching", action="store_true", help="turn LivePortrait's stitching off")
   p.add_argument("--no-progress", action="store_true")
@@ -81,7 +82,7 @@ def check_args(args: argparse.Namespace) -> None:
   if not os.path.exists(args.checkpoint):
     raise UserError(f"Checkpoint {args.checkpoint} does not exist; pass a training workdir or one of its "
                     "checkpoints/<step> folders.")
-  if args.batch_size < 1:
+  if args.batch_size is not None and args.batch_size < 1:
     raise UserError(f"--batch-size {args.batch_size} must be at least 1.")
 
 
@@ -234,7 +235,8 @@ def main(argv: list[str]) -> int:
     if done < len(rows):
       return 1
 
-  return cli.run(run_jobs if args.jobs else run)
+  return cli.run(run_jobs if args.jobs else run,
+                 oom_fix="rerun with a smaller --batch-size (frames per renderer call: 8, 4, 2 or 1)")
 
 
 def console() -> None:

@@ -2,7 +2,7 @@
 
   python pipelines/reenact.py --renderer WEIGHTS_DIR|random --source PORTRAIT.jpg --driving VIDEO.mp4
                               --out OUT.mp4 [--no-stitching] [--eye-retargeting] [--lip-retargeting]
-                              [--paste-back] [--crop-driving] [--batch-size 16] [--dtype float32|bfloat16]
+                              [--paste-back] [--crop-driving] [--batch-size N] [--dtype float32|bfloat16]
                               [--max-frames N]
 
 WEIGHTS_DIR is LivePortrait's released weights converted by `python pipelines/convert.py liveportrait`;
@@ -31,6 +31,7 @@ frame where no face is found keeps the previous frame's ratio).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -98,10 +99,11 @@ def load_source_crop(image, face, size: int):
 
 def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = True, eye_retargeting: bool = False,
             lip_retargeting: bool = False, paste_back: bool = False, crop_driving: bool = False,
-            batch_size: int = 16, max_frames: int | None = None, progress: bool = True,
+            batch_size: int | None = None, max_frames: int | None = None, progress: bool = True,
             source_crop=None, source_face=None, driving_info=None, face: int | None = None,
             face_models: str | None = None) -> dict:
-  """Render `out`; returns dict(frames, size (h, w), fps, has_audio)."""
+  """Render `out`; returns dict(frames, size (h, w), fps, has_audio). batch_size None: chosen from the device's free
+  memory (animate.auto_render_batch)."""
   import itertools
 
   import jax
@@ -109,17 +111,20 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
   from tqdm import tqdm
 
   from playmate_jax import motion, video
-  from playmate_jax.animate import chunks, pad_rows, render_stream
+  from playmate_jax.animate import auto_render_batch, chunks, pad_rows, render_stream
   from playmate_jax.face import crop as crop_lib
   from playmate_jax.face import finder as face_finder
 
-  if batch_size < 1:
+  if batch_size is not None and batch_size < 1:
     raise UserError(f"--batch-size {batch_size} must be at least 1.")
   info = driving_info or video.probe(driving)
   if source_crop is None or (source_face is None and (eye_retargeting or lip_retargeting)):
     image, source_face = find_portrait(source, face=face, face_models=face_models)
     source_crop = source_crop or load_source_crop(image, source_face, renderer.crop_size)
   src_crop = source_crop
+  if batch_size is None:
+    batch_size, why = auto_render_batch(renderer)
+    logging.getLogger(__name__).info("Rendering %d frames per call (--batch-size auto: %s).", batch_size, why)
 
   # The driving crop: whole square frames, else LivePortrait's driving crop from the first frame with a face.
   dsize = crop_lib.DRIVING.dsize
@@ -197,7 +202,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--paste-back", action="store_true", help="paste the animated crop into the full portrait")
   parser.add_argument("--crop-driving", action="store_true", help="crop the driving frames around the face even "
                                                                     "when they are square")
-  parser.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")
+  parser.add_argument("--batch-size", type=int, default=None,
+                    help="frames per renderer call (default: the largest of 16, 8, 4, 2, 1 whose render program fits the GPU's free memory; 16 on a CPU)")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
   parser.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
   args = parser.parse_args(argv)
@@ -222,7 +228,7 @@ def main(argv: list[str]) -> int:
     audio = "with the driving video's audio" if result["has_audio"] else "without audio"
     print(f"wrote {result['frames']} frames ({w}x{h}, {result['fps']:g} fps) {audio} to {args.out}")
 
-  return cli.run(run)
+  return cli.run(run, oom_fix="rerun with a smaller --batch-size (frames per renderer call: 8, 4, 2 or 1)")
 
 
 def console() -> None:

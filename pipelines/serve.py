@@ -3,7 +3,7 @@
   python pipelines/serve.py --checkpoint WORKDIR|CHECKPOINT_DIR --renderer WEIGHTS_DIR|random
                             [--host 127.0.0.1] [--port 8000] [--token TOKEN] [--face-models DIR]
                             [--results serve-results] [--max-storage-gb 10] [--max-upload-mb 50]
-                            [--max-queue 32] [--max-batch 4] [--batch-size 16] [--dtype bfloat16|float32]
+                            [--max-queue 32] [--max-batch 4] [--batch-size N] [--dtype bfloat16|float32]
                             [--live-checkpoint LIVE_WORKDIR] [--max-live 8]
 
 Open http://HOST:PORT/ for the page, http://HOST:PORT/docs for the API. The motion model and the renderer are
@@ -46,7 +46,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--max-upload-mb", type=float, default=50.0, help="size limit of one uploaded file")
   p.add_argument("--max-queue", type=int, default=32, help="jobs that may wait; more are refused (429)")
   p.add_argument("--max-batch", type=int, default=4, help="waiting jobs whose motion is generated in one call")
-  p.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")
+  p.add_argument("--batch-size", type=int, default=None,
+                    help="frames per renderer call (default: the largest of 16, 8, 4, 2, 1 whose render program fits the GPU's free memory; 16 on a CPU)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="renderer compute dtype")
   p.add_argument("--no-stitching", action="store_true", help="turn LivePortrait's stitching off")
   p.add_argument("--live-checkpoint", default=None, help="a live model's workdir (configs/stage1.py:live) for "
@@ -74,7 +75,7 @@ def build(args: argparse.Namespace, log=print):
     raise UserError(f"Live checkpoint {args.live_checkpoint} does not exist; pass a workdir trained with "
                     "configs/stage1.py:live.")
   for name in ("max_queue", "max_batch", "batch_size", "max_upload_mb", "max_storage_gb", "max_live"):
-    if getattr(args, name) <= 0:
+    if getattr(args, name) is not None and getattr(args, name) <= 0:
       raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be positive.")
   batch_shapes(args.max_batch)   # refuses a --max-batch above the largest compiled batch
   store = jobs_lib.Store(args.results, int(args.max_storage_gb * (1 << 30)))
@@ -127,7 +128,7 @@ def main(argv: list[str]) -> int:
     finally:
       service.stop()
 
-  return cli.run(run)
+  return cli.run(run, oom_fix="restart it with a smaller --batch-size (frames per renderer call) or --max-batch")
 
 
 def console() -> None:

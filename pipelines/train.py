@@ -42,7 +42,8 @@ def main(argv: list[str]) -> int:
     config = configlib.apply_overrides(configlib.load_config(args.config), configlib.parse_overrides(overrides))
     Trainer(config, args.workdir).run()
 
-  return cli.run(train)
+  return cli.run(train, oom_fix="lower --config.data.batch_size (the global batch), or add "
+                 "--config.model.remat=true (recompute activations in the backward pass)")
 
 
 def console() -> None:

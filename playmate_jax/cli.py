@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -55,9 +56,28 @@ _OS_FIXES = {errno.ENOSPC: "the disk is full; free some space (or write elsewher
              errno.EROFS: "the file system is read-only; choose a writable folder"}
 
 
-def run(main: Callable[[], object], *, compile_cache: bool = True) -> int:
+OOM_FIX = "use smaller batches, or free the device of other programs"
+
+
+def out_of_memory(error: BaseException, fix: str = OOM_FIX) -> str | None:
+  """The one sentence for a device that ran out of memory (XLA's RESOURCE_EXHAUSTED, at compile or run time),
+  naming `fix`; None for any other error."""
+  jax = sys.modules.get("jax")
+  if jax is None or not isinstance(error, jax.errors.JaxRuntimeError) or "RESOURCE_EXHAUSTED" not in str(error):
+    return None
+  asked = re.search(r"allocat\w* (\d+) bytes", str(error))   # "trying to allocate N bytes" (GPU), "allocating N" (CPU)
+  asked = f", asking for {int(asked.group(1)) / 2**30:.1f} GiB more" if asked else ""
+  try:
+    device = jax.devices()[0].device_kind
+  except RuntimeError:
+    device = "device"
+  return f"The {device} ran out of memory{asked}; {fix}."
+
+
+def run(main: Callable[[], object], *, compile_cache: bool = True, oom_fix: str = OOM_FIX) -> int:
   """Runs `main` (its int result is the exit status, else 0); a UserError becomes `error: <sentence>` on stderr and exit status 2, and so does a full disk or a
-  folder that cannot be written (the file named with the fix). Ctrl-C or SIGTERM ends with one line and status
+  folder that cannot be written (the file named with the fix), and a device out of memory (`out_of_memory`, with
+  the entry point's `oom_fix`). Ctrl-C or SIGTERM ends with one line and status
   130 / 143; the jobs write their outputs through temporary files, so nothing half-written is left. With
   `compile_cache`, JAX's persistent compilation cache is on (`enable_compilation_cache`)."""
   if compile_cache:
@@ -74,11 +94,15 @@ def run(main: Callable[[], object], *, compile_cache: bool = True) -> int:
     print(f"{'terminated' if isinstance(e, _Terminated) else 'interrupted'}: stopped; files already finished "
           "are kept, none is left half-written.", file=sys.stderr)
     return 143 if isinstance(e, _Terminated) else 130
-  except OSError as e:
-    if e.errno not in _OS_FIXES:
+  except Exception as e:
+    if isinstance(e, OSError) and e.errno in _OS_FIXES:
+      where = e.filename or "an output file"
+      print(f"error: could not write {where}: {_OS_FIXES[e.errno]}.", file=sys.stderr)
+      return 2
+    sentence = out_of_memory(e, oom_fix)
+    if sentence is None:
       raise
-    where = e.filename or "an output file"
-    print(f"error: could not write {where}: {_OS_FIXES[e.errno]}.", file=sys.stderr)
+    print(f"error: {sentence}", file=sys.stderr)
     return 2
   finally:
     if previous in (signal.SIG_DFL, None):

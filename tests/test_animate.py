@@ -209,3 +209,31 @@ def test_per_frame_programs_have_one_shape_for_any_length():
                          {"a": np.arange(5.0), "b": np.ones(5)})
   np.testing.assert_array_equal(tree["twice"], np.arange(5.0) * 2)
   np.testing.assert_array_equal(tree["sum"], np.arange(5.0) + 1)
+
+
+def test_render_batch_is_chosen_from_free_memory(caplog):
+  """--batch-size left out: the largest of 16, 8, 4, 2, 1 whose W+G program (its compiled memory analysis) fits the
+  device's free memory less the reserve; on a CPU, which does not report its memory, 16."""
+  import logging
+
+  from playmate_jax.animate.job import Animator
+  from playmate_jax.renderer.api import Renderer
+  renderer = Renderer.from_spec("random:tiny")
+  one, four = renderer.warp_decode_bytes(1), renderer.warp_decode_bytes(4)
+  assert 0 < one < four < 5 * one          # the temporary buffers and images grow with the frames per call
+
+  class Sized:                             # a renderer whose program needs 1 GiB a frame
+    def warp_decode_bytes(self, batch):
+      return batch * 2**30
+  gib = 2**30
+  assert anim.auto_render_batch(Sized(), free_bytes=anim.RESERVE_BYTES + 16 * gib)[0] == 16
+  assert anim.auto_render_batch(Sized(), free_bytes=anim.RESERVE_BYTES + 15 * gib)[0] == 8
+  assert anim.auto_render_batch(Sized(), free_bytes=anim.RESERVE_BYTES + 5 * gib)[0] == 4
+  assert anim.auto_render_batch(Sized(), free_bytes=anim.RESERVE_BYTES)[0] == 1     # nothing fits: the smallest
+  assert anim.auto_render_batch(Sized(), largest=4, free_bytes=anim.RESERVE_BYTES + 16 * gib)[0] == 4
+  assert anim.device_free_bytes() is None  # the CPU
+  with caplog.at_level(logging.INFO):
+    animator = Animator(renderer, model=None)
+    assert animator.batch_size == 16
+  assert "Rendering 16 frames per call (--batch-size auto: the device does not report its memory)" in caplog.text
+  assert Animator(renderer, model=None, batch_size=3).batch_size == 3

@@ -14,7 +14,11 @@ def main():
   print(float(jax.jit(lambda x: jnp.sin(x).sum())(jnp.arange(3.0))))
   if sys.argv[1] == "fail":
     raise UserError("Portrait x.jpg has no face; give a photo with one frontal face.")
-sys.exit(cli.run(main))
+  if sys.argv[1] == "oom":   # 2 TiB: more than the machine has, so XLA's allocation fails (RESOURCE_EXHAUSTED)
+    jax.jit(lambda: jnp.ones((2**41,), jnp.uint8))().block_until_ready()
+  if sys.argv[1] == "other":   # another runtime error of the device stays a traceback (a bug to report)
+    raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+sys.exit(cli.run(main, oom_fix="rerun with a smaller --batch-size"))
 """
 
 
@@ -42,6 +46,17 @@ def test_user_error_is_one_line_and_exit_2(tmp_path):
   result = run(tmp_path, "fail", cache="off")
   assert result.returncode == 2
   assert result.stderr.strip() == "error: Portrait x.jpg has no face; give a photo with one frontal face."
+
+
+def test_device_out_of_memory_is_one_sentence_with_the_fix(tmp_path):
+  """A real allocation failure of the device (here the CPU's) ends in one line naming the size and the entry
+  point's fix, exit status 2; any other runtime error is left as it is."""
+  result = run(tmp_path, "oom", cache="off")
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip() == ("error: The cpu ran out of memory, asking for 2048.0 GiB more; rerun with a "
+                                   "smaller --batch-size.")
+  other = run(tmp_path, "other", cache="off")
+  assert other.returncode == 1 and "INTERNAL: something else" in other.stderr and "Traceback" in other.stderr
 
 
 def test_stopwatch_spans_share_one_start():

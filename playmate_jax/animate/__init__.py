@@ -299,6 +299,36 @@ def render_stream(renderer, feature, x_s, keypoint_batches: Iterable[tuple[Any, 
     write(np.asarray(pending[0])[:pending[1]])
 
 
+RENDER_BATCH = 16               # frames per renderer call where the device's free memory is not known (a CPU)
+RESERVE_BYTES = 3 * 2**30       # free device memory left to the rest of a job (motion sampling, F and M, buffers)
+
+
+def device_free_bytes() -> int | None:
+  """Bytes the first device's allocator can still hand out (its limit less what is in use); None where the backend
+  does not say (the CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_limit" not in stats:
+    return None
+  return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+
+def auto_render_batch(renderer, largest: int = RENDER_BATCH, free_bytes: int | None = None) -> tuple[int, str]:
+  """(frames per renderer call, why): the largest of largest, largest/2, ..., 1 whose W+G program
+  (`Renderer.warp_decode_bytes`) fits the device's free memory less RESERVE_BYTES; `largest` where the free memory is
+  not known; 1 where nothing fits (a render that then runs out of memory stops with one sentence, cli.run)."""
+  free = device_free_bytes() if free_bytes is None else free_bytes
+  if free is None:
+    return largest, "the device does not report its memory"
+  budget = free - RESERVE_BYTES
+  batch = largest
+  while batch > 1:
+    need = renderer.warp_decode_bytes(batch)
+    if need <= budget:
+      return batch, f"{need / 2**30:.1f} GiB of {free / 2**30:.1f} GiB free"
+    batch //= 2
+  return 1, f"{renderer.warp_decode_bytes(1) / 2**30:.1f} GiB at batch 1, {free / 2**30:.1f} GiB free"
+
+
 def warm_up_render(renderer, portrait: Portrait, batch_size: int = 16, stitching: bool = True) -> None:
   """Traces and loads (or compiles) what `render_video` runs, for its batch size, by rendering one batch of the
   portrait's own keypoints; `pipelines/animate.py` runs it while the motion model is still loading."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -28,13 +29,16 @@ import numpy as np
 
 from playmate_jax import cli
 from playmate_jax.animate.live import LiveSession
-from playmate_jax.animate import (BATCH_SIZES, FPS, POSE_MODES, MotionModel, Portrait, compose, emotion_label, find_portrait,
-                                  load_portrait, render_video, sweep_pose, video_pose, warm_up_render)
+from playmate_jax.animate import (BATCH_SIZES, FPS, POSE_MODES, MotionModel, Portrait, auto_render_batch, compose,
+                                  emotion_label, find_portrait, load_portrait, render_video, sweep_pose, video_pose,
+                                  warm_up_render)
 from playmate_jax.audio import load_audio
 from playmate_jax.errors import UserError
 from playmate_jax.face import finder as face_finder
 from playmate_jax.face.types import Face
 from playmate_jax.timing import Stopwatch
+
+log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
@@ -131,13 +135,23 @@ class Animator:
   where the motion is first needed. Models for other DDIM step counts share its weights and are made once each.
   """
 
-  def __init__(self, renderer, model: MotionModel | Future, *, batch_size: int = 16, stitching: bool = True,
+  def __init__(self, renderer, model: MotionModel | Future, *, batch_size: int | None = None, stitching: bool = True,
                face_models: str | None = None):
-    if batch_size < 1:
+    """batch_size: frames per renderer call; None chooses it from the device's free memory (auto_render_batch)
+    when first needed, and says so on the log."""
+    if batch_size is not None and batch_size < 1:
       raise UserError(f"--batch-size {batch_size} must be at least 1.")
     self.renderer, self._model = renderer, model
-    self.batch_size, self.stitching, self.face_models = int(batch_size), bool(stitching), face_models
+    self._batch_size = None if batch_size is None else int(batch_size)
+    self.stitching, self.face_models = bool(stitching), face_models
     self._models: dict[int, MotionModel] = {}
+
+  @property
+  def batch_size(self) -> int:
+    if self._batch_size is None:
+      self._batch_size, why = auto_render_batch(self.renderer)
+      log.info("Rendering %d frames per call (--batch-size auto: %s).", self._batch_size, why)
+    return self._batch_size
 
   @property
   def model(self) -> MotionModel:

@@ -198,6 +198,18 @@ class Renderer:
     run, state = self._wg
     return run(state, jnp.asarray(feature_3d), _f32(kp_source), _f32(kp_driving))
 
+  def warp_decode_bytes(self, batch: int) -> int:
+    """Device bytes `warp_decode` needs beyond its inputs when it renders `batch` frames of one portrait: XLA's
+    temporary buffers (convolution workspaces included) and the images, from the compiled program's memory
+    analysis. Compiles (or loads) that program, the one the render calls then run."""
+    crops = jax.ShapeDtypeStruct((1, self.crop_size, self.crop_size, 3), jnp.float32)
+    feature = jax.eval_shape(self.extract_appearance, crops)
+    kp_s = jax.ShapeDtypeStruct((1, self.num_kp, 3), jnp.float32)
+    kp_d = jax.ShapeDtypeStruct((batch, self.num_kp, 3), jnp.float32)
+    run, state = self._wg
+    memory = run.lower(state, feature, kp_s, kp_d).compile().memory_analysis()
+    return int(memory.temp_size_in_bytes + memory.output_size_in_bytes)
+
   @property
   def render_size(self) -> int:
     """Side of `warp_decode`'s images for crops of `crop_size`."""

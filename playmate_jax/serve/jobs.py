@@ -314,10 +314,12 @@ class Service:
           self._finish(record, "done")
     except Exception as e:   # not the user's input: the device, the disk; every job of the batch is told
       self.log(f"jobs {', '.join(ids)} failed: {type(e).__name__}: {e}")
+      message = cli.out_of_memory(e, "try again when fewer jobs run, or ask for a shorter recording")
+      message = message or (f"The service failed while making this video ({type(e).__name__}: {str(e)[:200]}); try "
+                            "again, and report it if it repeats.")
       for i in ids:
         if self.records[i].state == "running":
-          self._finish(self.records[i], "failed", f"The service failed while making this video ({type(e).__name__}"
-                       f": {str(e)[:200]}); try again, and report it if it repeats.")
+          self._finish(self.records[i], "failed", message)
     finally:
       with self._lock:
         for i in ids:
