@@ -42,7 +42,9 @@ from playmate_jax.errors import UserError  # noqa: E402
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="a training workdir (newest checkpoint) or one checkpoint")
+  p.add_argument("--checkpoint", required=True,
+                 help="a training workdir (newest checkpoint) or one checkpoint; random:CONFIG for that config's model "
+                      "with random weights (meaningless motion, for trying the pipeline or timing it)")
   p.add_argument("--renderer", required=True, help="converted LivePortrait weights folder, random or random:tiny")
   p.add_argument("--image", default=None, help="the portrait: a photo of a person (the largest face is animated)")
   p.add_argument("--audio", default=None, help="speech: wav, flac, mp3, or a video's audio track")
@@ -79,7 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
   """The command's own settings, checked before any input is read."""
-  if not os.path.exists(args.checkpoint):
+  if not args.checkpoint.startswith("random:") and not os.path.exists(args.checkpoint):
     raise UserError(f"Checkpoint {args.checkpoint} does not exist; pass a training workdir or one of its "
                     "checkpoints/<step> folders.")
   if args.batch_size is not None and args.batch_size < 1:
@@ -117,7 +119,7 @@ def _start(args: argparse.Namespace, pool: concurrent.futures.ThreadPoolExecutor
 
 
 def animate(args: argparse.Namespace) -> dict:
-  """Runs one job; returns dict(out, motion, frames, size, seconds, stages, background)."""
+  """Runs one job; returns dict(out, motion, frames, size, seconds, stages, background, render_batch)."""
   from playmate_jax.animate import job as job_lib
   from playmate_jax.timing import Stopwatch
 
@@ -148,7 +150,7 @@ def animate(args: argparse.Namespace) -> dict:
     # After an error, the restore on the worker finishes before the interpreter exits (cut off at exit, it
     # reported the checkpoint as unreadable).
     pool.shutdown(wait=failed, cancel_futures=True)
-  return dict(result, stages=watch, background=background)
+  return dict(result, stages=watch, background=background, render_batch=animator.batch_note)
 
 
 REPORT_FIELDS = ("line", "image", "audio", "out", "state", "frames", "seconds", "error")
@@ -221,6 +223,7 @@ def main(argv: list[str]) -> int:
     h, w = r["size"]
     print(f"wrote {r['out']}: {r['frames']} frames ({r['frames'] / 25:.2f} s at 25 fps, {w}x{h}) for "
           f"{r['seconds']:.2f} s of audio; motion in {r['motion']}")
+    print(f"render batch: {r['render_batch']}{cli.peak_device_memory()}")
     print(f"time: {r['stages'].summary()}; on a worker thread meanwhile: {r['background'].summary()}")
     print(f"timeline (seconds since the command began): {r['stages'].timeline()}; worker: "
           f"{r['background'].timeline()}; done at {time.perf_counter() - START:.1f}")

@@ -57,7 +57,9 @@ def _render_parts(nets, feature, kp_s, kp_d):
 
 
 def bench_render(renderer: str, batch_sizes: list[int], steps: int, parts: bool = False) -> dict:
-  """Times Renderer.warp_decode (the call every video goes through), and W and G alone, in fp32 and bf16."""
+  """Times Renderer.warp_decode (the call every video goes through), and W and G alone, in fp32 and bf16; with
+  the device memory its compiled program needs beyond its inputs at each batch size (Renderer.warp_decode_bytes,
+  which animate.py's automatic --batch-size weighs against the free memory)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -92,6 +94,7 @@ def bench_render(renderer: str, batch_sizes: list[int], steps: int, parts: bool 
       result[f"{key}_wg_ms_per_frame_iqr"] = 1e3 * float(np.subtract(*np.percentile(times, [75, 25]))) / batch
       result[f"{key}_wg_compile_s"] = compile_s
       result[f"{key}_wg_tflops_per_s"] = flops / median / 1e12
+      result[f"{key}_wg_memory_gib"] = r.warp_decode_bytes(batch) / 2**30   # what --batch-size auto weighs
       nets = r.networks
       w, w_state = jit_module(nets.warping_module, lambda m, f, a, b: m(f, a, b)["out"])
       g, g_state = jit_module(nets.spade_generator, lambda m, x: m(x))

@@ -4,6 +4,7 @@
       [--config.KEY=VALUE ...] [--steps N] [--repeats N] [--seconds S] [--json OUT] [--profile DIR]
   train:  [--variant NAME:KEY=VALUE,KEY=VALUE ...]
   render: [--renderer WEIGHTS_DIR|random|random:tiny] [--batch-sizes 1,32] [--parts]
+  memory: [--memory-gb 16,24,40] [--checkpoint WORKDIR|random:CONFIG] [--renderer ...] [--seconds 60]
   audio:  [--weights WAV2VEC2_DIR|random] [--dtype bfloat16]
 
 Every part excludes warm-up (compiling) calls and repeats its timed calls: medians with their spread (min, max,
@@ -37,7 +38,9 @@ audio per second of wall time), the model FLOPs of one window and the rate they 
 
 `render`: warp + decode (Renderer.warp_decode: W then G, the per-frame cost of every video) at the released sizes
 (random weights unless --renderer points to converted weights), in fp32 and bf16, per frame at each batch size;
-W and G also timed apart; the matmul/conv FLOPs of W+G per frame (counted on the jaxpr) and the rate they imply;
+W and G also timed apart; XLA's memory for the W+G program at each batch size (`*_wg_memory_gib`: temporary
+buffers and images, what animate.py's automatic --batch-size weighs); the matmul/conv FLOPs of W+G per frame
+(counted on the jaxpr) and the rate they imply;
 the PSNR of the bf16 image against the fp32 one on the same inputs; with --parts, W's and G's stages timed one
 by one (bf16).
 
@@ -58,6 +61,10 @@ landmark jitter per frame over --seconds (default 8) of the scene, in pixels and
 compile time, the time from submitting a job of --seconds (default 60) of speech to its stream's first fragment and to
 its finished mp4, --jobs jobs submitted together (motion batched, up to --max-batch) and one after another, and the
 motion's seconds per recording at batch 1, 2, 4 and 8.
+
+`memory` (pipelines/bench_memory.py): animate.py and reenact.py on --seconds (default 60) of generated speech and
+video, each in a process whose JAX allocator gets what it would on a card of each --memory-gb (default 16,24,40):
+exit status, whole-command seconds, the render batch chosen, peak device memory, render frames/s.
 
 `all`: data, train, sample, render and audio in one process (the loader is measured once, for data and train).
 A :tiny config gets quick sizes: random:tiny renderer at batch 2 and 3 steps, 4 s of audio to sample, 2 s to
@@ -393,7 +400,7 @@ def print_top_ops(folder: str, n: int = 25) -> None:
 
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("what", choices=[*PARTS, "all", "faces", "serve"])
+  parser.add_argument("what", choices=[*PARTS, "all", "faces", "serve", "memory"])
   parser.add_argument("--config", default=None, help="the config (train, sample, data, all)")
   parser.add_argument("--renderer", default=None,
                       help="converted LivePortrait weights, random (released sizes) or random:tiny (render)")
@@ -414,6 +421,9 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--jobs", type=int, default=4, help="jobs submitted together, then one by one (serve)")
   parser.add_argument("--max-batch", type=int, default=4, help="jobs batched in one motion call (serve)")
   parser.add_argument("--render-batch", type=int, default=16, help="frames per renderer call (serve)")
+  parser.add_argument("--memory-gb", default="16,24,40", help="card sizes to emulate, GB (memory)")
+  parser.add_argument("--checkpoint", default="random:configs/stage2.py",
+                      help="the motion model animate.py runs (memory; default: the paper's stage 2, random weights)")
   parser.add_argument("--json", default=None, help="also write the figures to this file")
   parser.add_argument("--compile-cache", action="store_true",
                       help="use JAX's persistent compilation cache (off by default, so that compile times are "
@@ -459,6 +469,10 @@ def main(argv: list[str]) -> int:
       from pipelines.bench_serve import bench_serve
       figures["serve"] = bench_serve(args.config, args.renderer or "random", args.seconds or 60.0, args.jobs,
                                      args.max_batch, args.render_batch)
+    if args.what == "memory":
+      from pipelines.bench_memory import bench_memory
+      figures["memory"] = bench_memory(args.checkpoint, args.renderer or "random",
+                                       [float(g) for g in args.memory_gb.split(",")], args.seconds or 60.0)
     if "audio" in parts:
       dtype = pick(args.dtype, "float32", "bfloat16")
       figures["audio"] = bench_audio(args.weights, pick(args.seconds, 2.0, 3600.0), dtype, args.repeats)

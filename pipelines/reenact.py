@@ -102,8 +102,8 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
             batch_size: int | None = None, max_frames: int | None = None, progress: bool = True,
             source_crop=None, source_face=None, driving_info=None, face: int | None = None,
             face_models: str | None = None) -> dict:
-  """Render `out`; returns dict(frames, size (h, w), fps, has_audio). batch_size None: chosen from the device's free
-  memory (animate.auto_render_batch)."""
+  """Render `out`; returns dict(frames, size (h, w), fps, has_audio, render_batch). batch_size None: chosen from the
+  device's free memory (animate.auto_render_batch)."""
   import itertools
 
   import jax
@@ -124,7 +124,10 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
   src_crop = source_crop
   if batch_size is None:
     batch_size, why = auto_render_batch(renderer)
-    logging.getLogger(__name__).info("Rendering %d frames per call (--batch-size auto: %s).", batch_size, why)
+    note = f"{batch_size} frames per call (auto: {why})"
+    logging.getLogger(__name__).info("Rendering %s.", note)
+  else:
+    note = f"{batch_size} frames per call (--batch-size)"
 
   # The driving crop: whole square frames, else LivePortrait's driving crop from the first frame with a face.
   dsize = crop_lib.DRIVING.dsize
@@ -184,7 +187,8 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
     if writer.num_frames == 0:
       raise UserError(f"Driving video {driving} has no frames; give a video with at least one frame.")
     size = writer.size
-  return {"frames": writer.num_frames, "size": size, "fps": fps, "has_audio": info.has_audio}
+  return {"frames": writer.num_frames, "size": size, "fps": fps, "has_audio": info.has_audio,
+          "render_batch": note}
 
 
 def main(argv: list[str]) -> int:
@@ -227,6 +231,7 @@ def main(argv: list[str]) -> int:
     h, w = result["size"]
     audio = "with the driving video's audio" if result["has_audio"] else "without audio"
     print(f"wrote {result['frames']} frames ({w}x{h}, {result['fps']:g} fps) {audio} to {args.out}")
+    print(f"render batch: {result['render_batch']}{cli.peak_device_memory()}")
 
   return cli.run(run, oom_fix="rerun with a smaller --batch-size (frames per renderer call: 8, 4, 2 or 1)")
 

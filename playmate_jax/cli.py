@@ -56,6 +56,14 @@ _OS_FIXES = {errno.ENOSPC: "the disk is full; free some space (or write elsewher
              errno.EROFS: "the file system is read-only; choose a writable folder"}
 
 
+def peak_device_memory() -> str:
+  """", peak device memory X GiB" (the first device's allocator, so far), or "" where the backend does not say (a
+  CPU); what animate.py and reenact.py print last, and `benchmark.py memory` reads."""
+  jax = sys.modules.get("jax")
+  stats = (jax.local_devices()[0].memory_stats() or {}) if jax is not None else {}
+  return f", peak device memory {stats['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in stats else ""
+
+
 OOM_FIX = "use smaller batches, or free the device of other programs"
 
 

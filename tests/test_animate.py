@@ -237,3 +237,14 @@ def test_render_batch_is_chosen_from_free_memory(caplog):
     assert animator.batch_size == 16
   assert "Rendering 16 frames per call (--batch-size auto: the device does not report its memory)" in caplog.text
   assert Animator(renderer, model=None, batch_size=3).batch_size == 3
+
+
+def test_random_checkpoint_runs_the_whole_command(inputs, tmp_path):
+  """--checkpoint random:CONFIG: the config's model with random weights, no training run needed (for trying or
+  timing the pipeline); a config that does not exist is one sentence."""
+  cli, args = args_for(inputs, "random:configs/stage1.py:tiny", tmp_path / "r.mp4")
+  result = cli.animate(args)
+  assert result["frames"] == int(np.ceil(1.9 * 25)) and video.probe(result["out"]).has_audio
+  cli, args = args_for(inputs, "random:configs/nope.py", tmp_path / "n.mp4")
+  with pytest.raises(UserError, match=r"configs/nope.py .*random:configs/stage1.py:live"):
+    cli.animate(args)

@@ -83,6 +83,7 @@ def test_all_benchmark_tiny(tmp_path):
 
   r = figures["render"]  # tiny sizes on 64x64 crops: G doubles the 4x-down-sampled crop twice
   assert r["renderer"] == "random:tiny" and r["image_size"] == 128 and r["b2_wg_gflop_per_frame"] > 0
+  assert 0 < r["bf16_b2_wg_memory_gib"] < r["fp32_b2_wg_memory_gib"]   # XLA's buffers for the program, bf16 smaller
   for name in ("fp32", "bf16"):
     assert r[f"{name}_b2_wg_ms_per_frame"] > 0 and r[f"{name}_b2_g_ms_per_frame"] > 0
   assert 20 < r["b2_bf16_psnr_db"] < 200 and r["b2_fp32_image_std"] > 0
@@ -125,6 +126,20 @@ def test_train_variants_timed_in_one_process(tmp_path):
   assert table[1].split()[3] == "1.000"                                             # base against itself
   bad = run_benchmark(tmp_path, "train", "--config=configs/stage1.py:tiny", "--variant", "nocolon", check=False)
   assert bad.returncode == 2 and "NAME:KEY=VALUE" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_memory_benchmark_runs_both_commands(tmp_path):
+  """`memory`: animate.py and reenact.py on generated inputs, each in its own process; a CPU reports no memory, so
+  each runs once, unlimited, with the render batch for an unknown memory (16) and its frames and times."""
+  figures, stdout = run_benchmark(tmp_path, "memory", "--checkpoint", "random:configs/stage2.py:tiny",
+                                  "--renderer", "random:tiny", "--seconds", "2")
+  assert figures["device_memory_gib"] is None
+  for name in ("animate", "reenact"):
+    assert figures[f"{name}_unlimited_status"] == 0, figures
+    assert figures[f"{name}_unlimited_frames"] == 50 and figures[f"{name}_unlimited_render_batch"] == 16
+    assert figures[f"{name}_unlimited_wall_s"] > 0
+  assert figures["animate_unlimited_render_frames_per_s"] > 0
+  assert "animate_unlimited_render_batch" in stdout
 
 
 def test_data_benchmark_without_dataset_fails_clearly(tmp_path):

@@ -143,6 +143,7 @@ class Animator:
       raise UserError(f"--batch-size {batch_size} must be at least 1.")
     self.renderer, self._model = renderer, model
     self._batch_size = None if batch_size is None else int(batch_size)
+    self.batch_note = None if batch_size is None else f"{batch_size} frames per call (--batch-size)"
     self.stitching, self.face_models = bool(stitching), face_models
     self._models: dict[int, MotionModel] = {}
 
@@ -150,7 +151,8 @@ class Animator:
   def batch_size(self) -> int:
     if self._batch_size is None:
       self._batch_size, why = auto_render_batch(self.renderer)
-      log.info("Rendering %d frames per call (--batch-size auto: %s).", self._batch_size, why)
+      self.batch_note = f"{self._batch_size} frames per call (auto: {why})"
+      log.info("Rendering %s.", self.batch_note)
     return self._batch_size
 
   @property
