@@ -235,7 +235,7 @@ def test_render_batch_is_chosen_from_free_memory(caplog):
   with caplog.at_level(logging.INFO):
     animator = Animator(renderer, model=None)
     assert animator.batch_size == 16
-  assert "Rendering 16 frames per call (--batch-size auto: the device does not report its memory)" in caplog.text
+  assert "Rendering 16 frames per call (auto: the device does not report its memory)." in caplog.text
   assert Animator(renderer, model=None, batch_size=3).batch_size == 3
 
 

@@ -285,6 +285,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def _ctrl_c_as_in_a_shell():
+  """The child's SIGINT as a shell leaves it (default action, not blocked), whatever the test worker's state: a
+  process that inherits SIGINT ignored or blocked (the full suite's workers have been seen so) never hears Ctrl-C,
+  and Python then installs no KeyboardInterrupt handler."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.parametrize("earlier", [False, True])
 def test_ctrl_c_mid_write_leaves_no_partial_output(tmp_path, earlier):
   """Ctrl-C while params.npz is half-written: exit 130 with one line; the output folder is as before (absent, or
@@ -295,7 +303,7 @@ def test_ctrl_c_mid_write_leaves_no_partial_output(tmp_path, earlier):
     before = {n: (dst / n).read_bytes() for n in os.listdir(dst)}
   proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, os.path.join(ROOT, "pipelines", "convert.py"),
                            "wav2vec2", "--src", src, "--dst", str(dst), str(marker)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, preexec_fn=_ctrl_c_as_in_a_shell)
   deadline = time.time() + 60
   while not marker.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
