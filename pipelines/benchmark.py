@@ -163,7 +163,7 @@ class _TrainCase:
         self.state["frozen"] = jax.tree.map(jnp.copy, base.state["frozen"])
     else:
       self.state = state_lib.create_train_state(self.parts.model_fn, self.parts.tx, jax.random.key(0), mesh,
-                                                self.parts.trainable)
+                                                self.parts.trainable, on_host=jax.process_count() == 1)
     rng = np.random.default_rng(0)
     self.batches = [mesh_lib.global_batch(random_batch(config, audio_dim, rng), mesh) for _ in range(4)]
     self.key = jax.random.key(1)

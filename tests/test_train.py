@@ -135,3 +135,16 @@ def test_flat_optimizer_is_the_same_arithmetic():
   assert not np.allclose(results[True][0]["b"], params["b"])
   flat_leaves = jax.tree.leaves(results[True][1])
   assert max(x.size for x in flat_leaves) == 8 * 5 + 5 + 3 * 4 * 2     # the moments are vectors of every parameter
+
+
+def test_state_initialized_on_the_host_equals_the_mesh_one():
+  """create_train_state(on_host=True), what the benchmarks use: the same values, replicated over the mesh."""
+  from playmate_jax.train import state as state_lib
+  from playmate_jax.train.trainer import build_components
+  mesh = mesh_lib.make_mesh()
+  parts = build_components(tiny_config(), mesh, 80)
+  a, b = (state_lib.create_train_state(parts.model_fn, parts.tx, jax.random.key(0), mesh, parts.trainable,
+                                       on_host=on_host) for on_host in (False, True))
+  assert_trees_close(a, b, rtol=0, atol=0)
+  assert all(x.sharding.is_equivalent_to(y.sharding, x.ndim) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert len(jax.tree.leaves(b)[0].sharding.device_set) == mesh.size > 1   # the suite's 8 fake devices

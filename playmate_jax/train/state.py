@@ -75,13 +75,25 @@ def _initializer(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientT
 
 
 def create_train_state(model_fn, tx, key: jax.Array, mesh, trainable: tuple[str, ...] | None = None,
-                       frozen: dict | None = None) -> TrainState:
+                       frozen: dict | None = None, on_host: bool = False) -> TrainState:
   """Initializes the model and optimizer inside jit, replicated over the mesh.
 
   trainable: the top-level parameter groups to train (None: all); frozen: values for the others (replicated
   arrays of the shapes the model has, e.g. restored from stage 1), default their initialization.
+  on_host: compute it on this process's CPU and copy it to the mesh (one process only): on a GPU the initializer's
+  many small random programs compile for tens of seconds at paper scale (benchmarks use this; the values are the
+  same random draws).
   """
-  return jax.jit(_initializer(model_fn, tx, trainable), out_shardings=mesh_lib.replicated(mesh))(key, frozen)
+  init = _initializer(model_fn, tx, trainable)
+  try:
+    host = jax.devices("cpu")[0] if on_host else None
+  except RuntimeError:   # JAX_PLATFORMS without the CPU: initialize on the mesh as usual
+    host = None
+  if host is not None:
+    with jax.default_device(host):
+      state = jax.jit(init)(jax.device_put(key, host), frozen)
+    return jax.device_put(state, mesh_lib.replicated(mesh))
+  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(key, frozen)
 
 
 def abstract_state(model_fn, tx, key: jax.Array, mesh, trainable: tuple[str, ...] | None = None) -> TrainState:
