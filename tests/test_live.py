@@ -13,6 +13,7 @@ from playmate_jax import animate as anim
 from playmate_jax.animate import live as live_lib
 from playmate_jax.errors import UserError
 from playmate_jax.renderer.api import Renderer
+from tests import videos
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +26,9 @@ def parts(live_run):
 
 
 def speech(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
-  t = np.arange(int(seconds * rate)) / rate
   rng = np.random.default_rng(seed)
-  return (0.3 * np.sin(2 * np.pi * 170 * t) * (np.sin(2 * np.pi * 3 * t) > 0) +
-          0.01 * rng.normal(size=t.shape)).astype(np.float32)
+  wave = videos.tone_bursts(seconds, rate, freq=170)
+  return (wave + 0.01 * rng.normal(size=wave.shape)).astype(np.float32)
 
 
 def test_chunked_speech_gives_the_motion_of_the_whole_file(parts):

@@ -21,19 +21,16 @@ from playmate_jax import video
 from playmate_jax.serve import app as app_lib
 from playmate_jax.serve import jobs as jobs_lib
 from pipelines import serve as serve_cli
+from tests import videos
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-  from skimage import data
   folder = tmp_path_factory.mktemp("serve_media")
-  cv2.imwrite(str(folder / "portrait.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
-  cv2.imwrite(str(folder / "cat.png"), cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))
-  t = np.arange(int(2.3 * 22050)) / 22050
-  speech = 0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0)
-  sf.write(folder / "speech.wav", speech.astype(np.float32), 22050)
-  long = np.tile(speech, 8)   # 18 s: long enough to cancel while it renders
-  sf.write(folder / "long.wav", long.astype(np.float32), 22050)
+  videos.write_photos(folder, ".png")
+  speech = videos.tone_bursts(2.3, 22050)
+  sf.write(folder / "speech.wav", speech, 22050)
+  sf.write(folder / "long.wav", np.tile(speech, 8), 22050)   # 18 s: long enough to cancel while it renders
   (folder / "empty.wav").write_bytes(b"")
   return folder
 

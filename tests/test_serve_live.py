@@ -10,7 +10,6 @@ import base64
 import json
 import time
 
-import cv2
 import numpy as np
 import pytest
 import soundfile as sf
@@ -19,17 +18,14 @@ from fastapi.testclient import TestClient
 from playmate_jax import video
 from pipelines import live_client
 from tests.test_serve import build, listening
+from tests import videos
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-  from skimage import data
   folder = tmp_path_factory.mktemp("live_media")
-  cv2.imwrite(str(folder / "portrait.jpg"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
-  cv2.imwrite(str(folder / "cat.jpg"), cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))
-  t = np.arange(int(2.2 * 22050)) / 22050
-  speech = 0.3 * np.sin(2 * np.pi * 170 * t) * (np.sin(2 * np.pi * 3 * t) > 0)
-  sf.write(folder / "speech.flac", speech.astype(np.float32), 22050)
+  videos.write_photos(folder, ".jpg")
+  sf.write(folder / "speech.flac", videos.tone_bursts(2.2, 22050, freq=170), 22050)
   return folder
 
 

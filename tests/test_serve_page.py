@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from tests.test_serve import build, listening
+from tests import videos
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -33,11 +34,10 @@ def media(tmp_path_factory):
   two[:, :512] = data.astronaut()
   two[56:456, 580:980] = cv2.resize(data.astronaut(), (400, 400), interpolation=cv2.INTER_AREA)
   cv2.imwrite(str(folder / "two.png"), cv2.cvtColor(two, cv2.COLOR_RGB2BGR))
-  cv2.imwrite(str(folder / "cat.jpg"), cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))
-  t = np.arange(int(12 * 16000)) / 16000
-  speech = 0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0)
-  sf.write(folder / "speech.wav", speech.astype(np.float32), 16000)   # also the fake microphone's sound
-  sf.write(folder / "short.wav", speech[:3 * 16000].astype(np.float32), 16000)
+  videos.write_photos(folder, ".jpg")
+  speech = videos.tone_bursts(12, 16000)
+  sf.write(folder / "speech.wav", speech, 16000)   # also the fake microphone's sound
+  sf.write(folder / "short.wav", speech[:3 * 16000], 16000)
   return folder
 
 

@@ -32,6 +32,7 @@ from playmate_jax import run as run_lib
 from playmate_jax.train import mesh as mesh_lib
 from playmate_jax.generator.factory import model_factory, model_graphdef
 from playmate_jax.train.trainer import Trainer
+from tests import videos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE1, STAGE2 = (os.path.join(ROOT, "configs", f"stage{i}.py") + ":tiny" for i in (1, 2))
@@ -331,8 +332,7 @@ def sample_module():
 def test_sample_with_an_emotion(stage1_run, stage2_launched, sample_module, tmp_path):
   import soundfile as sf
   wav = tmp_path / "speech.wav"
-  t = np.arange(32000) / 16000
-  sf.write(wav, (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 4 * t) > 0)).astype(np.float32), 16000)
+  sf.write(wav, videos.tone_bursts(2.0, 16000, bursts=4), 16000)
   with pytest.raises(UserError, match="'joyful'.*angry, contempt, disgusted, fear, happy, neutral, sad, surprised"):
     sample_module.generate(str(stage2_launched), str(wav), emotion="joyful")
   with pytest.raises(UserError, match="stage-1"):

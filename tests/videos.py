@@ -141,6 +141,19 @@ def _resonate(x: np.ndarray, freq: float, bandwidth: float, rate: int) -> np.nda
   return signal.lfilter([gain], a, x)
 
 
+def tone_bursts(seconds: float, rate: int, freq: float = 180.0, bursts: float = 3.0) -> np.ndarray:
+  """float32 [int(seconds * rate)]: a `freq` Hz tone of peak SPEECH_PEAK, on for the first half of each 1/`bursts`
+  second. Its loudness rises and falls like syllables, the rule the tiny test models learn their mouths from."""
+  t = np.arange(int(seconds * rate)) / rate
+  return (SPEECH_PEAK * np.sin(2 * np.pi * freq * t) * (np.sin(2 * np.pi * bursts * t) > 0)).astype(np.float32)
+
+
+def write_photos(folder: str | os.PathLike, ext: str = ".png") -> None:
+  """skimage's astronaut (a person) as portrait{ext} and its cat (no human face) as cat{ext} in `folder`."""
+  for name, image in (("portrait", skimage_data.astronaut()), ("cat", skimage_data.chelsea())):
+    cv2.imwrite(os.path.join(folder, name + ext), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
 def speech(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
   """Speech-like float32 audio [round(seconds * rate)] with peak SPEECH_PEAK: a glottal pulse train at a wandering
   pitch through the formants of one vowel per syllable, syllables of 0.12-0.3 s in phrases with pauses between."""
