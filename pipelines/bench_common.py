@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from playmate_jax.cli import peak_memory_gib  # noqa: F401  (the parts import it from here)
+
 
 # --- measuring -------------------------------------------------------------------------------------------------------
 
@@ -33,13 +35,6 @@ def spread(name: str, times: list[float], scale: float = 1e3) -> dict[str, float
   q1, q3 = np.percentile(times, [25, 75])
   return {f"{name}_median": scale * statistics.median(times), f"{name}_min": scale * min(times),
           f"{name}_max": scale * max(times), f"{name}_iqr": scale * float(q3 - q1)}
-
-
-def peak_memory_gib() -> float | None:
-  """Peak bytes in use on the first local device so far, in GiB; None where the backend does not say (CPU)."""
-  import jax
-  stats = jax.local_devices()[0].memory_stats() or {}
-  return stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None
 
 
 def measure_peak(size: int | None = None, repeats: int = 10) -> dict:

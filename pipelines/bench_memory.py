@@ -38,14 +38,12 @@ def device_memory() -> tuple[int, str]:
 
 
 def _inputs(folder: str, seconds: float) -> dict:
-  import cv2
   import soundfile as sf
-  from skimage import data
 
   sys.path.insert(0, ROOT)
   from tests import videos
+  videos.write_photos(folder)
   portrait = os.path.join(folder, "portrait.png")
-  cv2.imwrite(portrait, cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
   speech = os.path.join(folder, "speech.wav")
   sf.write(speech, videos.speech(seconds, 16000), 16000)
   driving = os.path.join(folder, "driving.mp4")

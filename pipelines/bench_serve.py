@@ -17,12 +17,8 @@ import time
 
 import numpy as np
 
-
-def _speech(path: str, seconds: float) -> None:
-  import soundfile as sf
-  t = np.arange(int(seconds * 16000)) / 16000
-  wave = 0.3 * np.sin(2 * np.pi * 170 * t) * (np.sin(2 * np.pi * 3.3 * t) > 0)
-  sf.write(path, wave.astype(np.float32), 16000)
+from pipelines.bench_common import timed
+from tests import videos
 
 
 def say(message: str) -> None:
@@ -30,12 +26,10 @@ def say(message: str) -> None:
 
 
 def bench_serve(config_path: str, renderer: str, seconds: float, jobs: int, max_batch: int, batch_size: int = 16) -> dict:
-  import cv2
   import jax
-  from skimage import data
+  import soundfile as sf
 
   from playmate_jax import animate as anim
-  from playmate_jax import run as run_lib
   from playmate_jax.animate.job import Animator, batch_shapes
   from playmate_jax.renderer.api import Renderer
   from playmate_jax.serve import jobs as jobs_lib
@@ -43,9 +37,9 @@ def bench_serve(config_path: str, renderer: str, seconds: float, jobs: int, max_
   out: dict = {"device": jax.devices()[0].device_kind, "audio_seconds": seconds, "max_batch": max_batch}
   folder = tempfile.mkdtemp(prefix="bench-serve-")
   portrait, speech = os.path.join(folder, "portrait.png"), os.path.join(folder, "speech.wav")
-  cv2.imwrite(portrait, cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
-  _speech(speech, seconds)
-  model = anim.MotionModel(run_lib.random_run(config_path))
+  videos.write_photos(folder)
+  sf.write(speech, videos.speech(seconds, 16000), 16000)
+  model = anim.MotionModel.load(f"random:{config_path}")
   say("model ready; compiling")
   animator = Animator(Renderer.from_spec(renderer), model, batch_size=batch_size)
   service = jobs_lib.Service(animator, jobs_lib.Store(os.path.join(folder, "results"), 1 << 40),
@@ -93,12 +87,7 @@ def bench_serve(config_path: str, renderer: str, seconds: float, jobs: int, max_
   source = model.default_source()
   for b in batch_shapes(max_batch):   # compiled at start-up
     run = lambda: model.generate_many([wave] * b, [source] * b, emotions=[0] * b if model.stage == 2 else None)
-    run()
-    times = []
-    for _ in range(3):
-      t = time.perf_counter()
-      run()
-      times.append(time.perf_counter() - t)
+    _, times, _ = timed(run, (), repeats=3, warmup=0)
     out[f"motion_per_recording_batch{b}_s"] = statistics.median(times) / b
     say(f"motion, batch {b}: {statistics.median(times) / b:.3f} s per recording")
   return out

@@ -1,6 +1,6 @@
 """Throughput of the project's parts, measured on whatever devices JAX sees.
 
-  python pipelines/benchmark.py {train,sample,render,audio,data,faces,serve,all} [--config=configs/stage1.py[:variant]]
+  python pipelines/benchmark.py {train,sample,render,audio,data,faces,serve,memory,all} [--config=configs/stage1.py[:variant]]
       [--config.KEY=VALUE ...] [--steps N] [--repeats N] [--seconds S] [--json OUT] [--profile DIR]
   train:  [--variant NAME:KEY=VALUE,KEY=VALUE ...]
   render: [--renderer WEIGHTS_DIR|random|random:tiny] [--batch-sizes 1,32] [--parts]
@@ -26,7 +26,9 @@ not); `mfu` = flops_per_step / step time / (num_devices x `peak_tflops_measured`
 matmul of `peak_matmul_size` (8192 on an accelerator, 1024 on a CPU; --peak-size) timed on one device.
 `--variant NAME:KEY=VALUE,...` (repeatable) adds the step under other config settings, compiled in turn and timed
 in turns with the base in one process (the figures then come per variant, and a table compares them); a variant
-with model.remat=true is credited with the FLOPs of the step without it (recomputation is not model work). Also the
+with model.remat=true is credited with the FLOPs of the step without it (recomputation is not model work). With
+variants, peak memory is one figure for the process (`base.process_peak_memory_gib`); `temp_memory_gib` is each
+case's own. Also the
 Grain input pipeline of the config's dataset alone (the `data` figures) and `loader_headroom` = loader samples/s
 / step samples/s (target on a GPU: >= 3); without a dataset the loader figures are n/a with `loader_skipped`.
 
@@ -147,20 +149,15 @@ class _TrainCase:
     self.config = config
     audio_dim = audio.get_encoder(config.audio).feature_dim
     self.parts = build_components(config, mesh, audio_dim)
-    abstract = state_lib.abstract_state(self.parts.model_fn, self.parts.tx, jax.random.key(0), mesh,
-                                        self.parts.trainable)
     shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
-    if base is not None and shapes(abstract["params"]) == shapes(base.state["params"]) and \
-        shapes(abstract.get("frozen")) == shapes(base.state.get("frozen")):
-      # The base's parameters, copied (each case donates its own state), with this case's optimizer state: the
-      # random initialization compiles slowly at paper scale, and the values do not change a step's cost.
-      import jax.numpy as jnp
-      params = jax.tree.map(jnp.copy, base.state["params"])
-      self.state = {"step": jnp.zeros((), jnp.int32), "params": params,
-                    "opt_state": jax.jit(self.parts.tx.init)(params),
-                    "ema_params": jax.tree.map(jnp.copy, params)}
-      if "frozen" in base.state:
-        self.state["frozen"] = jax.tree.map(jnp.copy, base.state["frozen"])
+    same = base is not None and shapes(state_lib.abstract_state(
+        self.parts.model_fn, self.parts.tx, jax.random.key(0), mesh, self.parts.trainable)) == shapes(
+            {k: base.state[k] for k in ("step", "params", "ema_params", "frozen") if k in base.state} |
+            {"opt_state": jax.eval_shape(self.parts.tx.init, base.state["params"])})
+    if same:
+      # The base's parameter values with this case's optimizer state: the random initialization compiles slowly
+      # at paper scale, and the values do not change a step's cost.
+      self.state = state_lib.fresh_state(base.state["params"], self.parts.tx, mesh, base.state.get("frozen"))
     else:
       self.state = state_lib.create_train_state(self.parts.model_fn, self.parts.tx, jax.random.key(0), mesh,
                                                 self.parts.trainable, on_host=jax.process_count() == 1)
@@ -255,6 +252,9 @@ def bench_train(config, steps: int, peak: dict, loader: dict | None = None, prof
       with profiling.trace(profile if variants is None else os.path.join(profile, name)):
         case.run(3, record=False)
   results = {name: case.figures(mesh, peak) for name, case in cases.items()}
+  if variants:   # the process's peak covers every case run so far: one figure (temp_memory_gib is each case's own)
+    process_peak = [r.pop("peak_memory_gib") for r in results.values()][-1]
+    results["base"]["process_peak_memory_gib"] = process_peak
   if loader is not None:
     for result in results.values():
       skipped = loader.get("skipped")
@@ -297,12 +297,12 @@ def bench_sample(config, seconds: float, repeats: int, profile: str | None = Non
   from flax import nnx
   from playmate_jax import audio, generator, motion, profiling
   from playmate_jax import configlib
-  from playmate_jax.generator.factory import model_factory, window_sampler
+  from playmate_jax.generator.factory import init_params, model_factory, window_sampler
 
   configlib.validate(config)
   audio_dim = audio.get_encoder(config.audio).feature_dim
   model_fn = model_factory(config, audio_dim)
-  params = jax.jit(lambda k: nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=k)), nnx.Param)))(jax.random.key(0))
+  params = jax.jit(init_params, static_argnums=0)(model_fn, jax.random.key(0))
   sampler = window_sampler(config, audio_dim)
   graphdef = sampler.graphdef
   frames = int(round(seconds * config.audio.fps))

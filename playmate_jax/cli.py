@@ -56,12 +56,18 @@ _OS_FIXES = {errno.ENOSPC: "the disk is full; free some space (or write elsewher
              errno.EROFS: "the file system is read-only; choose a writable folder"}
 
 
-def peak_device_memory() -> str:
-  """", peak device memory X GiB" (the first device's allocator, so far), or "" where the backend does not say (a
-  CPU); what animate.py and reenact.py print last, and `benchmark.py memory` reads."""
+def peak_memory_gib() -> float | None:
+  """Peak bytes in use on the first local device so far, in GiB; None where the backend does not say (a CPU)."""
   jax = sys.modules.get("jax")
   stats = (jax.local_devices()[0].memory_stats() or {}) if jax is not None else {}
-  return f", peak device memory {stats['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in stats else ""
+  return stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None
+
+
+def peak_device_memory() -> str:
+  """", peak device memory X GiB" (peak_memory_gib), or "" where the backend does not say; what animate.py and
+  reenact.py print last, and `benchmark.py memory` reads."""
+  peak = peak_memory_gib()
+  return "" if peak is None else f", peak device memory {peak:.2f} GiB"
 
 
 OOM_FIX = "use smaller batches, or free the device of other programs"
@@ -141,40 +147,48 @@ def check_output_folder(path: str, option: str = "--out") -> None:
                     "its permissions.") from None
 
 
+def umask() -> int:
+  """The process's file-creation mask (reading it means setting it: it is set straight back)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def publish(tmp: str, path: str) -> None:
   """Moves a finished temporary file into place with the mode any new file gets (mkstemp makes it 0600)."""
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)
+  os.chmod(tmp, 0o666 & ~umask())
   os.replace(tmp, path)
+
+
+def write_through(path: str, write: Callable[[str], None]) -> None:
+  """write(tmp) fills a temporary file beside `path` (with its extension), which then takes its place (publish): an
+  interrupted or failed write leaves no partial file and the old one, if any, as it was."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], prefix=".tmp-", dir=folder)
+  os.close(fd)
+  try:
+    write(tmp)
+    publish(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def save_npz(path: str, **arrays) -> None:
   """np.savez through a temporary file beside `path`, renamed into place: never a half-written file."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=".npz", prefix=".tmp-", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
+  def write(tmp):
+    with open(tmp, "wb") as f:
       np.savez(f, **arrays)
-    publish(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  write_through(path, write)
 
 
 def write_text(path: str, text: str) -> None:
   """A text file written through a temporary file beside `path`, renamed into place: never half-written."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=".txt", prefix=".tmp-", dir=folder)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+  def write(tmp):
+    with open(tmp, "w", encoding="utf-8") as f:
       f.write(text)
-    publish(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  write_through(path, write)
 
 
 def free_name(path: str) -> str:

@@ -17,11 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
 
 from playmate_jax import audio, configlib
 from playmate_jax.data.stats import DatasetStats, read_stats
-from playmate_jax.generator.factory import model_factory
+from playmate_jax.generator.factory import init_params, model_factory
 from playmate_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ def random_run(config_path: str) -> Run:
   configlib.validate(config)
   dim = audio.get_encoder(config.audio).feature_dim
   model_fn = model_factory(config, dim)
-  params = jax.jit(lambda k: nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=k)), nnx.Param)))(jax.random.key(0))
+  params = jax.jit(init_params, static_argnums=0)(model_fn, jax.random.key(0))
   f = lambda n, v=0.0: np.full(n, v, np.float32)
   stats = DatasetStats(exp_mean=f(63), exp_std=f(63, 0.02), pose_mean={}, pose_std={}, default_pose_mean=f(6),
                        default_pose_std=np.array([5, 8, 3, .02, .02, .05], np.float32), audio_mean=f(dim),

@@ -179,3 +179,13 @@ def test_matmul_flops_counts_inside_sub_jaxprs():
   x = jnp.ones((8, 8))
   assert flops(f, x) == 7 * one
   assert flops(jax.grad(lambda a: f(a).sum()), x) > 14 * one  # forward plus backward
+
+
+def test_serve_benchmark_on_tiny_models(tmp_path):
+  """`serve`: the service's start-up, one job's first fragment and finished video, jobs batched together, and the
+  motion per recording at each batch size, with random tiny models."""
+  figures, _ = run_benchmark(tmp_path, "serve", "--config=configs/stage2.py:tiny", "--renderer", "random:tiny",
+                             "--seconds", "2", "--jobs", "2", "--max-batch", "2")
+  assert figures["frames"] == 50 and figures["jobs"] == 2 and figures["together_batches"] == 2
+  assert 0 < figures["first_fragment_s"] <= figures["job_s"]
+  assert figures["motion_per_recording_batch1_s"] > 0 and figures["motion_per_recording_batch2_s"] > 0

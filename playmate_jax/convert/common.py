@@ -55,7 +55,7 @@ def publish(dst: str | os.PathLike, kind: str, config: Mapping[str, Any], params
   old = tmp + ".old"
   try:
     shapes.save_converted(tmp, kind, config, params, source)
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: the mode any new folder gets
+    os.chmod(tmp, 0o777 & ~cli.umask())  # mkdtemp makes it 0700: the mode any new folder gets
     try:
       if os.path.isdir(dst):
         os.rename(dst, old)
@@ -67,12 +67,6 @@ def publish(dst: str | os.PathLike, kind: str, config: Mapping[str, Any], params
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-  umask = os.umask(0)
-  os.umask(umask)
-  return umask
 
 
 class SourceDict:

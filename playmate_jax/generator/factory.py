@@ -3,6 +3,7 @@ evaluation and the benchmarks share. Light to import (no data pipeline, no optim
 
 from typing import Any, Callable
 
+import jax
 import ml_collections
 from flax import nnx
 
@@ -17,6 +18,11 @@ def model_factory(config: ml_collections.ConfigDict, audio_dim: int) -> Callable
   depth = config.emotion.depth if config.stage == 2 else 0
   return lambda rngs: MotionDiT(config.model, audio_dim=audio_dim, audio_context=config.data.audio_context,
                                 emotion_depth=depth, rngs=rngs)
+
+
+def init_params(model_fn: Callable[[nnx.Rngs], nnx.Module], key: jax.Array) -> dict:
+  """The module's initialized parameters as a pure dict of arrays (float32): what training starts from."""
+  return nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=key)), nnx.Param))
 
 
 def model_graphdef(model_fn: Callable[[nnx.Rngs], nnx.Module]) -> Any:

@@ -29,7 +29,6 @@ from playmate_jax import cli
 from playmate_jax.audio import num_frames
 from playmate_jax.errors import UserError
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 RECORD_FILE = "job.json"
 VIDEO_FILE = "video.mp4"

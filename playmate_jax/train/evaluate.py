@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Callable
 
 import jax
@@ -329,10 +328,7 @@ def plot(curves: list[dict], path: str, step: int, max_clips: int = 3) -> None:
 
 def save_json(data: dict[str, Any], path: str) -> None:
   """`data` as indented JSON at `path`, never half-written."""
-  def write(tmp):
-    with open(tmp, "w") as f:
-      json.dump(data, f, indent=1)
-  _write_through_temporary(path, write)
+  cli.write_text(path, json.dumps(data, indent=1))
 
 
 def _save_figure(fig, path: str) -> None:
@@ -340,21 +336,6 @@ def _save_figure(fig, path: str) -> None:
   import matplotlib.pyplot as plt
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   try:
-    _write_through_temporary(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    cli.write_through(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
   finally:
     plt.close(fig)
-
-
-def _write_through_temporary(path: str, write: Callable[[str], None]) -> None:
-  """write(tmp) fills a temporary file beside `path`, which then takes its place (cli.publish): an interrupted or
-  failed write leaves no partial file."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], prefix=".tmp-", dir=folder)
-  os.close(fd)
-  try:
-    write(tmp)
-    cli.publish(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

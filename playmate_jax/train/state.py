@@ -18,6 +18,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from playmate_jax.generator.factory import init_params
 from playmate_jax.train import mesh as mesh_lib
 
 TrainState = dict[str, Any]
@@ -61,17 +62,32 @@ def split_params(params: dict, trainable: tuple[str, ...]) -> tuple[dict, dict]:
           {k: v for k, v in params.items() if k not in trainable})
 
 
+def state_from_params(params: dict, tx: optax.GradientTransformation, frozen: dict | None = None) -> TrainState:
+  """The train state at step 0 for these parameters: a new optimizer state, the EMA equal to them, and `frozen`
+  (the groups not trained) where given."""
+  extra = {} if frozen is None else {"frozen": frozen}
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "ema_params": params,
+          **extra}
+
+
 def _initializer(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
                  trainable: tuple[str, ...] | None):
   def init(key: jax.Array, frozen: dict | None = None) -> TrainState:
-    params = nnx.to_pure_dict(nnx.state(model_fn(nnx.Rngs(params=key)), nnx.Param))
-    extra = {}
-    if trainable is not None:
-      params, rest = split_params(params, trainable)
-      extra["frozen"] = rest if frozen is None else frozen
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "ema_params": params, **extra}
+    params = init_params(model_fn, key)
+    if trainable is None:
+      return state_from_params(params, tx)
+    params, rest = split_params(params, trainable)
+    return state_from_params(params, tx, rest if frozen is None else frozen)
   return init
+
+
+def fresh_state(params: dict, tx: optax.GradientTransformation, mesh, frozen: dict | None = None) -> TrainState:
+  """state_from_params on the mesh, replicated, from parameter values another state holds: they are copied, since a
+  train step donates its state's buffers (benchmarks give each compared variant its own state this way instead of
+  drawing the initialization again)."""
+  copy = lambda tree: None if tree is None else jax.tree.map(jnp.copy, tree)
+  return jax.jit(lambda p, f: state_from_params(copy(p), tx, copy(f)),
+                 out_shardings=mesh_lib.replicated(mesh))(params, frozen)
 
 
 def create_train_state(model_fn, tx, key: jax.Array, mesh, trainable: tuple[str, ...] | None = None,
@@ -91,7 +107,7 @@ def create_train_state(model_fn, tx, key: jax.Array, mesh, trainable: tuple[str,
     host = None
   if host is not None:
     with jax.default_device(host):
-      state = jax.jit(init)(jax.device_put(key, host), frozen)
+      state = jax.jit(init)(*jax.device_put((key, frozen), host))
     return jax.device_put(state, mesh_lib.replicated(mesh))
   return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(key, frozen)
 
