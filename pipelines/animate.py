@@ -84,8 +84,8 @@ def check_args(args: argparse.Namespace) -> None:
   if not args.checkpoint.startswith("random:") and not os.path.exists(args.checkpoint):
     raise UserError(f"Checkpoint {args.checkpoint} does not exist; pass a training workdir or one of its "
                     "checkpoints/<step> folders.")
-  if args.batch_size is not None and args.batch_size < 1:
-    raise UserError(f"--batch-size {args.batch_size} must be at least 1.")
+  from playmate_jax.animate import check_batch_size
+  check_batch_size(args.batch_size)
 
 
 def spec_of(args: argparse.Namespace):

@@ -31,7 +31,6 @@ frame where no face is found keeps the previous frame's ratio).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -111,23 +110,17 @@ def reenact(renderer, source: str, driving: str, out: str, *, stitching: bool = 
   from tqdm import tqdm
 
   from playmate_jax import motion, video
-  from playmate_jax.animate import auto_render_batch, chunks, pad_rows, render_stream
+  from playmate_jax.animate import check_batch_size, chunks, pad_rows, render_batch, render_stream
   from playmate_jax.face import crop as crop_lib
   from playmate_jax.face import finder as face_finder
 
-  if batch_size is not None and batch_size < 1:
-    raise UserError(f"--batch-size {batch_size} must be at least 1.")
+  check_batch_size(batch_size)
   info = driving_info or video.probe(driving)
   if source_crop is None or (source_face is None and (eye_retargeting or lip_retargeting)):
     image, source_face = find_portrait(source, face=face, face_models=face_models)
     source_crop = source_crop or load_source_crop(image, source_face, renderer.crop_size)
   src_crop = source_crop
-  if batch_size is None:
-    batch_size, why = auto_render_batch(renderer)
-    note = f"{batch_size} frames per call (auto: {why})"
-    logging.getLogger(__name__).info("Rendering %s.", note)
-  else:
-    note = f"{batch_size} frames per call (--batch-size)"
+  batch_size, note = render_batch(renderer, batch_size)
 
   # The driving crop: whole square frames, else LivePortrait's driving crop from the first frame with a face.
   dsize = crop_lib.DRIVING.dsize

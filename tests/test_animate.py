@@ -14,6 +14,7 @@ import soundfile as sf
 from playmate_jax import animate as anim
 from playmate_jax import motion, video
 from playmate_jax.errors import UserError
+from tests import videos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,9 +33,8 @@ def inputs(tmp_path_factory):
   import cv2
   folder = tmp_path_factory.mktemp("animate_inputs")
   cv2.imwrite(str(folder / "portrait.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
-  t = np.arange(int(1.9 * 44100)) / 44100  # 1.9 s at 44.1 kHz: not a whole number of frames, not 16 kHz
-  speech = 0.3 * np.sin(2 * np.pi * 160 * t) * (np.sin(2 * np.pi * 4 * t) > 0)
-  sf.write(folder / "speech.wav", speech.astype(np.float32), 44100)
+  # 1.9 s at 44.1 kHz: not a whole number of frames, not 16 kHz
+  sf.write(folder / "speech.wav", videos.tone_bursts(1.9, 44100, freq=160, bursts=4), 44100)
   cv2.imwrite(str(folder / "blank.png"), np.full((200, 200, 3), 127, np.uint8))
   (folder / "noise.wav").write_bytes(b"not audio at all" * 10)
   return folder
@@ -93,7 +93,6 @@ def test_pose_modes(stage1_run, inputs, tmp_path):
   assert np.ptp(sweep["yaw"]) > 10.0 and sweep["t"][:, 2].max() == 0.0
 
   # A driving video: its pose relative to its first frame; a still video leaves the portrait's pose unchanged.
-  from tests import videos
   videos.talking_face(tmp_path / "drive.mp4", 3.0, size=(160, 120))
   driven = anim.video_pose(renderer, str(tmp_path / "drive.mp4"), n + 30, batch_size=16)
   assert driven["yaw"].shape == (n + 30,)  # 3 s of video for 2.2 s of frames: cut; longer: holds the last
@@ -248,3 +247,18 @@ def test_random_checkpoint_runs_the_whole_command(inputs, tmp_path):
   cli, args = args_for(inputs, "random:configs/nope.py", tmp_path / "n.mp4")
   with pytest.raises(UserError, match=r"configs/nope.py .*random:configs/stage1.py:live"):
     cli.animate(args)
+
+
+def test_models_for_other_step_counts_are_kept_for_the_recent_few():
+  """A service may be asked for any DDIM step count: the Animator keeps the models (and their compiled samplers) of
+  the last MAX_STEP_MODELS counts, reusing one while it is kept."""
+  from playmate_jax.animate import job as job_lib
+  animator = job_lib.Animator(None, anim.MotionModel.load("random:configs/stage1.py:tiny"))
+  first = animator.motion_model(13)
+  assert animator.motion_model(13) is first and animator.motion_model(None) is animator.model
+  for steps in (14, 15, 16):
+    animator.motion_model(steps)
+  assert animator.motion_model(13) is first           # used again: still kept, now the most recent
+  animator.motion_model(17)                            # a fifth count: the least recent (14) goes
+  assert sorted(animator._models) == [13, 15, 16, 17]
+  assert animator.motion_model(14) is not None and 15 not in animator._models

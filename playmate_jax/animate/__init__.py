@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,8 @@ from playmate_jax.face import crop as crop_lib
 from playmate_jax.face import finder as face_finder
 from playmate_jax.face.types import Face
 from playmate_jax.generator.factory import window_sampler
+
+log = logging.getLogger(__name__)
 from playmate_jax.motion import EMOTIONS, MOTION_KEYS
 
 FPS = 25
@@ -327,6 +330,24 @@ def auto_render_batch(renderer, largest: int = RENDER_BATCH, free_bytes: int | N
       return batch, f"{need / 2**30:.1f} GiB of {free / 2**30:.1f} GiB free"
     batch //= 2
   return 1, f"{renderer.warp_decode_bytes(1) / 2**30:.1f} GiB at batch 1, {free / 2**30:.1f} GiB free"
+
+
+def check_batch_size(batch_size: int | None) -> None:
+  """--batch-size as the commands take it: None (chosen by render_batch) or at least 1; one sentence otherwise."""
+  if batch_size is not None and batch_size < 1:
+    raise UserError(f"--batch-size {batch_size} must be at least 1.")
+
+
+def render_batch(renderer, batch_size: int | None) -> tuple[int, str]:
+  """(frames per renderer call, a note saying where it came from): `batch_size` as given, or for None the choice of
+  auto_render_batch, also logged."""
+  check_batch_size(batch_size)
+  if batch_size is not None:
+    return int(batch_size), f"{batch_size} frames per call (--batch-size)"
+  batch, why = auto_render_batch(renderer)
+  note = f"{batch} frames per call (auto: {why})"
+  log.info("Rendering %s.", note)
+  return batch, note
 
 
 def warm_up_render(renderer, portrait: Portrait, batch_size: int = 16, stitching: bool = True) -> None:

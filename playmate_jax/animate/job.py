@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -29,16 +28,17 @@ import numpy as np
 
 from playmate_jax import cli
 from playmate_jax.animate.live import LiveSession
-from playmate_jax.animate import (BATCH_SIZES, FPS, POSE_MODES, MotionModel, Portrait, auto_render_batch, compose,
-                                  emotion_label, find_portrait, load_portrait, render_video, sweep_pose, video_pose,
-                                  warm_up_render)
+from playmate_jax.animate import (BATCH_SIZES, FPS, POSE_MODES, MotionModel, Portrait, check_batch_size, compose,
+                                  emotion_label, find_portrait, load_portrait, render_batch, render_video, sweep_pose,
+                                  video_pose, warm_up_render)
 from playmate_jax.audio import load_audio
 from playmate_jax.errors import UserError
 from playmate_jax.face import finder as face_finder
 from playmate_jax.face.types import Face
 from playmate_jax.timing import Stopwatch
 
-log = logging.getLogger(__name__)
+
+MAX_STEP_MODELS = 4   # models for other DDIM step counts an Animator keeps (each holds its compiled sampler)
 
 
 class Cancelled(Exception):
@@ -132,28 +132,33 @@ class Animator:
   """A renderer and a motion model held for many jobs.
 
   `model` may be a Future (the command restores it on a worker thread while the renderer loads); it is waited for
-  where the motion is first needed. Models for other DDIM step counts share its weights and are made once each.
+  where the motion is first needed. Models for other DDIM step counts share its weights; the MAX_STEP_MODELS used
+  last are kept.
   """
 
   def __init__(self, renderer, model: MotionModel | Future, *, batch_size: int | None = None, stitching: bool = True,
                face_models: str | None = None):
-    """batch_size: frames per renderer call; None chooses it from the device's free memory (auto_render_batch)
-    when first needed, and says so on the log."""
-    if batch_size is not None and batch_size < 1:
-      raise UserError(f"--batch-size {batch_size} must be at least 1.")
+    """batch_size: frames per renderer call; None chooses it from the device's free memory (render_batch) when
+    first needed, and says so on the log."""
+    check_batch_size(batch_size)
     self.renderer, self._model = renderer, model
-    self._batch_size = None if batch_size is None else int(batch_size)
-    self.batch_note = None if batch_size is None else f"{batch_size} frames per call (--batch-size)"
+    self._batch_size = batch_size
     self.stitching, self.face_models = bool(stitching), face_models
     self._models: dict[int, MotionModel] = {}
 
+  @functools.cached_property
+  def _render_batch(self) -> tuple[int, str]:
+    return render_batch(self.renderer, self._batch_size)
+
   @property
   def batch_size(self) -> int:
-    if self._batch_size is None:
-      self._batch_size, why = auto_render_batch(self.renderer)
-      self.batch_note = f"{self._batch_size} frames per call (auto: {why})"
-      log.info("Rendering %s.", self.batch_note)
-    return self._batch_size
+    """Frames per renderer call (render_batch: as given, or chosen from the device's free memory when first asked)."""
+    return self._render_batch[0]
+
+  @property
+  def batch_note(self) -> str:
+    """Where batch_size came from, as the commands print it."""
+    return self._render_batch[1]
 
   @property
   def model(self) -> MotionModel:
@@ -167,7 +172,11 @@ class Animator:
     if ddim_steps is None or ddim_steps == int(base.config.sample.ddim_steps):
       return base
     if ddim_steps not in self._models:
+      if len(self._models) >= MAX_STEP_MODELS:   # a service may be asked for any count: keep the recent few
+        self._models.pop(next(iter(self._models)))
       self._models[ddim_steps] = base.with_ddim_steps(ddim_steps)
+    else:   # most recently used last
+      self._models[ddim_steps] = self._models.pop(ddim_steps)
     return self._models[ddim_steps]
 
   def prepare_job(self, image: str, audio: str, out: str, settings: dict, stream: str | None = None) -> Job:
