@@ -6,7 +6,8 @@
 Trains configs/stage1.py:demo_live once per (window, look-ahead) pair (window 8 at every look-ahead, every window at
 look-ahead 2) and the offline demo (configs/stage1.py:demo) for reference, each in ROOT/NAME with `launch.py`'s own
 loop (a run already finished is not trained again; an interrupted one resumes), then reads each run's last held-out
-evaluation (eval_metrics.jsonl) and writes ROOT/sweep.json and the plot. On 2 CPU cores a run takes about a minute.
+evaluation (eval_metrics.jsonl) and writes ROOT/sweep.json and the plot. Each run is its config's whole demo training
+(README gives the sweep's measured figures).
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from playmate_jax import cli  # noqa: E402
-from playmate_jax.errors import UserError  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from playmate_jax import cli, configlib  # noqa: E402
+from playmate_jax.errors import UserError  # noqa: E402
 
 
 def runs(lookaheads: list[int], windows: list[int]) -> list[dict]:
@@ -47,7 +47,8 @@ def last_eval(workdir: str) -> dict | None:
 def train(run: dict, root: str) -> dict:
   workdir = os.path.join(root, run["name"])
   done = last_eval(workdir)
-  if done is None or done.get("step") != 2000:
+  steps = configlib.load_config(os.path.join(ROOT, run["config"])).train.num_steps   # what a finished run reached
+  if done is None or done.get("step") != steps:
     cmd = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={os.path.join(ROOT, run['config'])}",
            f"--workdir={workdir}", *run["overrides"]]
     print(" ".join(cmd), flush=True)

@@ -364,7 +364,7 @@ class MotionDiT(nnx.Module):
     x = jnp.concatenate([prev_tokens, cur + sinusoidal_embedding(jnp.arange(k, k + l), self.dim)], axis=1)
     x = x.astype(self.residual)
     # model.remat: each block's activations are recomputed in the backward pass instead of kept (less memory, more
-    # work; BENCHMARKS.md measures both).
+    # work; `benchmark.py train --variant r:model.remat=true` measures both, not yet on a GPU).
     run = _remat_block if self.remat else _run_block
     for i, block in enumerate(self.blocks):
       x = run(block, x, mods[i], None if dropout_key is None else jax.random.fold_in(dropout_key, i))
